@@ -1,0 +1,1101 @@
+"""Mimir: a length-aware conditional discrete-diffusion model (D3PM) that writes short peptides.
+
+One module, read top to bottom in pipeline order:
+  config -> data -> model -> diffusion -> training -> sampling -> evaluation -> plots -> command line
+
+The model is an x0-predictor: a bidirectional transformer that sees a noised peptide x_t, the
+diffusion step t, an interaction label and a target protein, and predicts the clean peptide x0.
+Noise is D3PM's uniform transition over residue letters with a cosine schedule (Austin et al. 2021).
+PAD positions are never noised, scored or generated: a peptide's length is chosen first and the
+diffusion runs over its residues only.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import difflib
+import gzip
+import io
+import json
+import math
+import os
+import re
+import sys
+import time
+import zlib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# =============================================================================================
+# Config
+# =============================================================================================
+
+MIN_LEN, MAX_LEN = 4, 20            # peptide lengths the product supports; tensors are padded to MAX_LEN
+RESIDUES = "ACDEFGHIKLMNPQRSTVWY"   # the 20 standard amino acids, always in the vocabulary
+RARE_RESIDUES = "BJOUXZ"            # IUPAC letters that may occur in data (ambiguous / rare residues)
+PAD = 0                             # token 0 is padding; residue letters are tokens 1..K
+UNKNOWN_TARGET = 0                  # target id 0: no target (background) or "any target" (guidance)
+UNKNOWN_LABEL = 2                   # label id 2: "no label", used for classifier-free guidance
+REPO_DIR = Path(__file__).resolve().parent
+DEMO_DATA = REPO_DIR / "data" / "demo" / "dataset.csv.gz"
+DEMO_MOTIFS = REPO_DIR / "data" / "demo" / "motifs.json"
+CHECKPOINT_FORMAT = "mimir-checkpoint-1"
+
+
+@dataclass
+class Config:
+    preset: str = "small"
+    # model
+    dim: int = 128
+    n_layers: int = 3
+    n_heads: int = 4
+    dropout: float = 0.0
+    # diffusion
+    n_steps: int = 10               # T, the number of diffusion steps
+    hybrid_coeff: float = 0.0       # loss = ce + hybrid_coeff * vb
+    cond_drop: float = 0.1          # probability of dropping the condition (classifier-free guidance)
+    # optimisation
+    lr: float = 5e-4
+    warmup: int = 500
+    epochs: int = 20
+    max_steps: int = 0              # 0: no limit; with --epochs, whichever comes first stops the run
+    batch_size: int = 256
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    # run
+    data: str = ""                  # CSV path; "" means the embedded demo data
+    val_fraction: float = 0.05
+    max_val_rows: int = 16384       # held-out rows scored at each epoch end (a fixed subset)
+    save_every_minutes: float = 10.0
+    log_every: int = 50             # steps between reads of the on-device loss buffer
+    device: str = "auto"
+    compile: bool = False
+
+
+# The guide's presets (all batch 256). Parameter counts with vocab 25 and 800 targets: 839K, 3.9M, 21.5M.
+PRESETS = {
+    "tiny": dict(dim=32, n_layers=2, n_heads=2, n_steps=10, hybrid_coeff=0.001, lr=2e-3, warmup=20,
+                 epochs=2, batch_size=64),
+    "small": dict(dim=128, n_layers=3, n_heads=4, n_steps=10, hybrid_coeff=0.0, lr=5e-4, warmup=500,
+                  epochs=20),
+    "medium": dict(dim=256, n_layers=4, n_heads=4, n_steps=25, hybrid_coeff=0.001, lr=3e-4, warmup=1000,
+                   epochs=75),
+    "large": dict(dim=512, n_layers=6, n_heads=8, n_steps=35, hybrid_coeff=0.01, lr=1e-4, warmup=2000,
+                  epochs=150),
+}
+
+
+def make_config(preset: str = "small", **overrides) -> Config:
+    """A preset's config with overrides (None values are ignored, so CLI defaults can pass through)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+    cfg = Config(preset=preset, **PRESETS[preset])
+    known = {f.name for f in fields(Config)}
+    for key, value in overrides.items():
+        if key not in known:
+            raise ValueError(f"unknown config setting '{key}'")
+        if value is not None:
+            setattr(cfg, key, type(getattr(cfg, key))(value))
+    if cfg.dim % cfg.n_heads:
+        raise ValueError(f"dim {cfg.dim} is not divisible by n_heads {cfg.n_heads}")
+    return cfg
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA GPU is visible")
+    return torch.device(name)
+
+
+def amp_dtype(device: torch.device):
+    """Mixed-precision dtype: bf16 on compute capability >= 8.0 (A100), fp16 before (T4), none on CPU.
+    torch.cuda.is_bf16_supported() can say yes on a T4 (emulated, slow), so ask for the capability."""
+    if device.type != "cuda":
+        return None
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# =============================================================================================
+# Data: load, validate, tokenize, split
+# =============================================================================================
+
+
+class DataError(ValueError):
+    """Bad input. The message names the file, the line and the problem."""
+
+
+@dataclass
+class Rows:
+    """A validated dataset: one entry per CSV row, in file order."""
+    path: str
+    labels: np.ndarray          # (N,) int64, 0 or 1
+    targets: list               # (N,) str, "" for background rows
+    sequences: list             # (N,) str, uppercase
+    sources: list | None        # (N,) str, the protein a row came from, when the file has that column
+    lines: np.ndarray           # (N,) the 1-based line number of each row in the file
+
+
+@dataclass
+class Vocab:
+    letters: str                # residue letters; token of letters[i] is i + 1
+    targets: list               # target accessions; id of targets[i] is i + 1
+
+    @property
+    def size(self) -> int:      # tokens, PAD included
+        return len(self.letters) + 1
+
+    @property
+    def num_targets(self) -> int:  # target ids, the unknown slot included
+        return len(self.targets) + 1
+
+    @classmethod
+    def from_rows(cls, rows: Rows) -> "Vocab":
+        seen = set("".join(rows.sequences))
+        letters = RESIDUES + "".join(c for c in RARE_RESIDUES if c in seen)
+        return cls(letters, sorted({t for t in rows.targets if t}))
+
+    def encode(self, sequences) -> np.ndarray:
+        """(N, MAX_LEN) uint8 tokens, PAD-filled, with no per-sequence Python work."""
+        raw = np.array(sequences, dtype=f"S{MAX_LEN}").view(np.uint8).reshape(len(sequences), MAX_LEN)
+        lut = np.zeros(256, dtype=np.uint8)            # NUL padding maps to PAD
+        lut[np.frombuffer(self.letters.encode(), dtype=np.uint8)] = np.arange(1, len(self.letters) + 1)
+        return lut[raw]
+
+    def decode(self, tokens) -> list:
+        table = np.array([""] + list(self.letters), dtype=object)
+        return ["".join(row) for row in table[np.asarray(tokens)]]
+
+    def target_ids(self, targets) -> np.ndarray:
+        index = {t: i + 1 for i, t in enumerate(self.targets)}
+        return np.array([index.get(t, UNKNOWN_TARGET) for t in targets], dtype=np.int64)
+
+    def target_id(self, target: str | None) -> int:
+        """The id of a target accession; a clear error with close matches when it is unknown."""
+        if not target:
+            return UNKNOWN_TARGET
+        if target in self.targets:
+            return self.targets.index(target) + 1
+        close = difflib.get_close_matches(target, self.targets, n=5, cutoff=0.5)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise DataError(f"unknown target '{target}': this model was trained on {len(self.targets)} targets{hint}")
+
+
+_NOT_A_LETTER = re.compile(f"[^{RESIDUES}{RARE_RESIDUES}]")
+
+
+def _open_text(path: Path):
+    """Text handle for .csv or .csv.gz; utf-8-sig drops a BOM, newline='' lets csv handle CRLF."""
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def read_rows(path) -> tuple[Rows, list]:
+    """Parse a `label,target,sequence[,source]` CSV. Returns every row that parsed and the list of
+    problems (line, reason) found in the file; nothing is dropped here without being listed."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    problems = []
+    labels, targets, sequences, sources, lines = [], [], [], [], []
+    try:
+        with _open_text(path) as f:
+            reader = csv.reader(f)
+            header = [h.strip().lower() for h in next(reader, [])]
+            required = ["label", "target", "sequence"]
+            unexpected = [h for h in header if h not in required + ["source"]]
+            if any(h not in header for h in required) or unexpected:
+                raise DataError(f"{path}, line 1: bad header {','.join(header) or '(empty)'}; expected "
+                                f"label,target,sequence with an optional source column")
+            col = {h: i for i, h in enumerate(header)}
+            il, it, iseq, isrc = col["label"], col["target"], col["sequence"], col.get("source")
+            for lineno, row in enumerate(reader, start=2):
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue                                   # blank line
+                if len(row) != len(header):
+                    problems.append((lineno, f"{len(row)} fields, expected {len(header)}"))
+                    continue
+                label, target, seq = row[il].strip(), row[it].strip(), row[iseq].strip().upper()
+                if label not in ("0", "1"):
+                    problems.append((lineno, f"label '{label}' is not 0 or 1"))
+                    continue
+                labels.append(int(label))
+                targets.append(target)
+                sequences.append(seq)
+                sources.append(row[isrc].strip() if isrc is not None else "")
+                lines.append(lineno)
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, csv.Error) as e:
+        raise DataError(f"{path}: not a readable CSV ({e})") from e
+    rows = Rows(str(path), np.array(labels, dtype=np.int64), targets, sequences,
+                sources if isrc is not None else None, np.array(lines, dtype=np.int64))
+    return rows, problems
+
+
+def row_problems(rows: Rows) -> list:
+    """Every contract violation of parsed rows as (row index, reason)."""
+    problems = []
+    first_seen = {}                 # (label, target, sequence) -> line
+    interacting = {}                # sequence -> line of its first label-1 row
+    for i, (label, target, seq) in enumerate(zip(rows.labels.tolist(), rows.targets, rows.sequences)):
+        if label == 1 and not target:
+            problems.append((i, "label-1 row without a target"))
+        elif label == 0 and target:
+            problems.append((i, f"label-0 row with target '{target}' (background rows have none)"))
+        bad = _NOT_A_LETTER.search(seq)
+        if bad:
+            problems.append((i, f"'{bad.group()}' at position {bad.start() + 1} is not a residue letter"))
+        if not MIN_LEN <= len(seq) <= MAX_LEN:
+            problems.append((i, f"length {len(seq)} outside {MIN_LEN}-{MAX_LEN}"))
+        key = (label, target, seq)
+        if key in first_seen:
+            problems.append((i, f"duplicate of line {first_seen[key]}"))
+        else:
+            first_seen[key] = int(rows.lines[i])
+        if label == 1:
+            interacting.setdefault(seq, int(rows.lines[i]))
+    for i, (label, seq) in enumerate(zip(rows.labels.tolist(), rows.sequences)):
+        if label == 0 and seq in interacting:
+            problems.append((i, f"background sequence equals the interacting peptide on line {interacting[seq]}"))
+    return problems
+
+
+def summarize_problems(path, problems: list, limit: int = 20) -> str:
+    """'N problems' + a count per kind + the first `limit` problems with their lines."""
+    kinds = {}
+    for _, reason in problems:
+        kind = re.sub(r"\d+", "N", re.sub(r"'[^']*'", "'...'", reason))
+        kinds[kind] = kinds.get(kind, 0) + 1
+    out = [f"{path}: {len(problems)} problem(s) in {len({line for line, _ in problems})} line(s):"]
+    out += [f"  {n} x {kind}" for kind, n in sorted(kinds.items(), key=lambda kv: -kv[1])]
+    out += [f"  line {line}: {reason}" for line, reason in sorted(problems)[:limit]]
+    if len(problems) > limit:
+        out.append(f"  ... and {len(problems) - limit} more")
+    return "\n".join(out)
+
+
+def load_rows(path=None, skip_invalid: bool = False) -> Rows:
+    """Load and validate a dataset (the demo when path is None or ''). Any problem is an error that
+    lists them all; with skip_invalid the bad rows are left out and reported on stderr."""
+    path = Path(path) if path else DEMO_DATA
+    rows, parse_problems = read_rows(path)
+    bad_rows = row_problems(rows)
+    problems = parse_problems + [(int(rows.lines[i]), reason) for i, reason in bad_rows]
+    if problems and not skip_invalid:
+        raise DataError(summarize_problems(path, problems)
+                        + "\nFix the file, or pass --skip-invalid to train on the valid rows only.")
+    if problems:
+        log(summarize_problems(path, problems) + f"\nSkipping {len(problems)} problem(s) as asked (--skip-invalid).")
+        keep = np.ones(len(rows.sequences), dtype=bool)
+        keep[[i for i, _ in bad_rows]] = False
+        rows = subset_rows(rows, np.flatnonzero(keep))
+    if len(rows.sequences) == 0:
+        raise DataError(f"{path}: no valid rows")
+    return rows
+
+
+def subset_rows(rows: Rows, idx) -> Rows:
+    idx = np.asarray(idx, dtype=np.int64)
+    pick = lambda xs: [xs[i] for i in idx.tolist()]
+    return Rows(rows.path, rows.labels[idx], pick(rows.targets), pick(rows.sequences),
+                pick(rows.sources) if rows.sources is not None else None, rows.lines[idx])
+
+
+def split_indices(rows: Rows, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic train / held-out split by group: the source protein when the file names one (so
+    overlapping windows of a protein never straddle the split), else the sequence itself. A group is
+    held out when a hash of its key falls below val_fraction; each label gets at least one group."""
+    keys = rows.sources if rows.sources is not None else rows.sequences
+    group_hash = {k: zlib.crc32(k.encode()) / 2**32 for k in set(keys)}
+    h = np.array([group_hash[k] for k in keys])
+    is_val = h < val_fraction
+    for label in (0, 1):
+        in_label = rows.labels == label
+        if val_fraction > 0 and in_label.any() and not (is_val & in_label).any():
+            label_groups = sorted({keys[i] for i in np.flatnonzero(in_label)}, key=group_hash.get)
+            if len(label_groups) >= 2:                      # never hold out a label's only group
+                is_val |= h == group_hash[label_groups[0]]
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def data_stats(rows: Rows, vocab: Vocab) -> dict:
+    """What generation and evaluation need from the training data: length counts per label and per
+    target, and residue composition."""
+    lengths = np.fromiter(map(len, rows.sequences), dtype=np.int64, count=len(rows.sequences))
+    by_label = {str(l): np.bincount(lengths[rows.labels == l], minlength=MAX_LEN + 1).tolist() for l in (0, 1)}
+    by_target = {}
+    for t, n in zip(rows.targets, lengths.tolist()):
+        if t:
+            by_target.setdefault(t, [0] * (MAX_LEN + 1))[n] += 1
+    tokens = vocab.encode(rows.sequences)
+    composition = np.bincount(tokens.ravel(), minlength=vocab.size)[1:]
+    return {"length_counts": by_label, "target_length_counts": by_target,
+            "composition": (composition / composition.sum()).tolist(), "rows": len(rows.sequences)}
+
+
+# =============================================================================================
+# Model: an x0-predicting bidirectional transformer conditioned on step, label and target
+# =============================================================================================
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads, self.dropout = n_heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, attn_mask):                   # x: (B, L, D); attn_mask: (B, 1, 1, L) True = attend
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, L, D))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, n_heads, dropout)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
+
+    def forward(self, x, attn_mask):
+        x = x + self.attn(self.ln1(x), attn_mask)
+        return x + self.mlp(self.ln2(x))
+
+
+def timestep_embedding(t, dim: int):
+    """Sinusoidal embedding of integer steps t (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+
+
+class X0Transformer(nn.Module):
+    """Predicts logits of x0 over the K residue letters (B, L, K) from (x_t, t, label, target).
+    The condition (step + label + target) is added to every position's embedding."""
+
+    def __init__(self, cfg: Config, vocab_size: int, num_targets: int):
+        super().__init__()
+        self.dim = cfg.dim
+        self.tok_emb = nn.Embedding(vocab_size, cfg.dim)
+        self.pos_emb = nn.Embedding(MAX_LEN, cfg.dim)
+        self.label_emb = nn.Embedding(3, cfg.dim)                   # background, interacting, unknown
+        self.target_emb = nn.Embedding(num_targets, cfg.dim)        # 0 = unknown / none
+        self.time_mlp = nn.Sequential(nn.Linear(cfg.dim, 4 * cfg.dim), nn.GELU(), nn.Linear(4 * cfg.dim, cfg.dim))
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, vocab_size - 1)              # residue letters only: PAD is never predicted
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def forward(self, xt, t, label, target_id):
+        pad_mask = xt != PAD                                        # (B, L)
+        cond = self.time_mlp(timestep_embedding(t, self.dim)) + self.label_emb(label) + self.target_emb(target_id)
+        pos = torch.arange(xt.shape[1], device=xt.device)
+        h = self.tok_emb(xt) + self.pos_emb(pos)[None] + cond[:, None, :]
+        attn_mask = pad_mask[:, None, None, :]                      # residues never attend to PAD
+        for block in self.blocks:
+            h = block(h, attn_mask)
+        return self.head(self.ln_f(h))
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# =============================================================================================
+# Diffusion: D3PM with uniform transitions over residue letters and a cosine schedule
+# =============================================================================================
+
+
+class D3PM:
+    """Forward process q(x_t | x_{t-1}) = Cat(x_t; Q_t[x_{t-1}]), Q_t = (1 - beta_t) I + beta_t / K,
+    on residue indices 0..K-1 (token - 1). Index 0 of the stacked matrices is the identity, so
+    Qbar[t - 1] is defined for every t in 1..T."""
+
+    def __init__(self, num_letters: int, n_steps: int, device="cpu"):
+        K, T = num_letters, n_steps
+        self.K, self.T = K, T
+        s = 0.008                                       # cosine schedule (Nichol & Dhariwal), alpha_bar(T) = 0
+        steps = torch.arange(T + 1, dtype=torch.float64) / T
+        alpha_bar = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+        betas = (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(0.0, 1.0)
+        eye, uniform = torch.eye(K, dtype=torch.float64), torch.full((K, K), 1.0 / K, dtype=torch.float64)
+        Q = [eye] + [(1 - b) * eye + b * uniform for b in betas]
+        Qbar = [eye]
+        for t in range(1, T + 1):
+            Qbar.append(Qbar[-1] @ Q[t])
+        self.betas = betas.float().to(device)
+        self.Q = torch.stack(Q).float().to(device)          # (T+1, K, K)
+        self.Qbar = torch.stack(Qbar).float().to(device)    # (T+1, K, K)
+
+    def q_probs(self, x0r, t):
+        """q(x_t | x0) as probabilities (B, L, K) for residue indices x0r (B, L) and steps t (B,)."""
+        return self.Qbar[t[:, None], x0r]
+
+    def q_sample(self, x0, t, generator=None):
+        """x_t ~ q(x_t | x0) for tokens x0 (B, L): residues are noised, PAD stays PAD.
+        Returns (xt tokens, xt residue indices), both (B, L)."""
+        x0r = (x0.long() - 1).clamp_min(0)                  # residue index; PAD positions hold 0, masked below
+        xtr = sample_categorical(self.q_probs(x0r, t), generator)
+        return torch.where(x0 != PAD, xtr + 1, PAD), xtr
+
+    def posterior(self, xtr, t, x0_probs):
+        """q(x_{t-1} | x_t, x0) for x0 given as probabilities (B, L, K) (one-hot for the truth, the model's
+        softmax for p(x_{t-1} | x_t) = sum_x0 q(x_{t-1} | x_t, x0) p(x0 | x_t)). Bayes:
+        q(x_{t-1} | x_t, x0) ∝ q(x_t | x_{t-1}) q(x_{t-1} | x0)."""
+        fact1 = self.Q[t[:, None], :, xtr]                                  # (B, L, K): q(x_t | x_{t-1}=j)
+        fact2 = torch.einsum("blk,bkj->blj", x0_probs, self.Qbar[t - 1])    # (B, L, K): q(x_{t-1}=j | x0)
+        unnorm = fact1 * fact2
+        return unnorm / unnorm.sum(-1, keepdim=True).clamp_min(1e-30)
+
+    def losses(self, model, x0, label, target_id, generator=None):
+        """Training losses for a batch of clean tokens x0 (B, L): ce of the x0 prediction and vb, the KL
+        between true and predicted posteriors, both averaged over residue positions (PAD excluded)."""
+        pad_mask = x0 != PAD
+        x0r = (x0.long() - 1).clamp_min(0)
+        t = torch.randint(1, self.T + 1, (x0.shape[0],), device=x0.device, generator=generator)
+        xt, xtr = self.q_sample(x0, t, generator)
+        logits = model(xt, t, label, target_id).float()     # (B, L, K)
+        ce, vb = self.ce_and_vb(logits, x0r, xtr, t)
+        n = pad_mask.sum().clamp_min(1)
+        ce, vb = (ce * pad_mask).sum() / n, (vb * pad_mask).sum() / n
+        return ce, vb
+
+    def ce_and_vb(self, logits, x0r, xtr, t):
+        """Per-position ce (-log p(x0 | x_t)) and vb (KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t))), (B, L) each.
+        At t = 1 the true posterior is x0 itself, so vb is the reconstruction term -log p(x0 | x_1)."""
+        ce = F.cross_entropy(logits.transpose(1, 2), x0r, reduction="none")
+        q_post = self.posterior(xtr, t, F.one_hot(x0r, self.K).float())
+        p_post = self.posterior(xtr, t, logits.softmax(-1))
+        vb = (torch.special.xlogy(q_post, q_post) - q_post * p_post.clamp_min(1e-30).log()).sum(-1)
+        return ce, vb
+
+
+def sample_categorical(probs, generator=None):
+    """One draw per row of probs (..., K) by the Gumbel-max trick: no host sync, any batch shape."""
+    u = torch.rand(probs.shape, device=probs.device, generator=generator).clamp_(1e-20, 1.0)
+    return (probs.clamp_min(1e-30).log() - (-u.log()).log()).argmax(-1)
+
+
+# =============================================================================================
+# Training
+# =============================================================================================
+
+
+def lr_at(step: int, cfg: Config, total_steps: int) -> float:
+    """Multiplier of the base lr: linear warmup, then cosine decay to 10% at the last step."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, total_steps - cfg.warmup))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_model(cfg: Config, vocab: Vocab, device) -> X0Transformer:
+    torch.manual_seed(cfg.seed)
+    return X0Transformer(cfg, vocab.size, vocab.num_targets).to(device)
+
+
+def make_optimizer(model, cfg: Config, device):
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99), fused=device.type == "cuda")
+
+
+def drop_condition(label, target_id, p: float):
+    """Classifier-free guidance training: with probability p forget label and target, and with
+    probability p forget only the target (so "an interacting peptide for any target" is learned too)."""
+    if p <= 0:
+        return label, target_id
+    u = torch.rand(label.shape, device=label.device)
+    label = torch.where(u < p, UNKNOWN_LABEL, label)
+    target_id = torch.where(u < 2 * p, UNKNOWN_TARGET, target_id)
+    return label, target_id
+
+
+class DeviceData:
+    """The tokenized dataset resident on the training device: a batch is an index gather."""
+
+    def __init__(self, rows: Rows, vocab: Vocab, idx, device):
+        idx = np.asarray(idx, dtype=np.int64)
+        self.x0 = torch.from_numpy(vocab.encode([rows.sequences[i] for i in idx.tolist()])).to(device)
+        self.label = torch.from_numpy(rows.labels[idx]).to(device)
+        self.target_id = torch.from_numpy(vocab.target_ids([rows.targets[i] for i in idx.tolist()])).to(device)
+
+    def __len__(self):
+        return self.x0.shape[0]
+
+    def batch(self, idx):
+        return self.x0[idx].long(), self.label[idx], self.target_id[idx]
+
+
+def epoch_permutation(n: int, seed: int, epoch: int, device):
+    """The order of epoch `epoch`: a function of (seed, epoch) only, so a resumed run replays it."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).to(device)
+
+
+@torch.no_grad()
+def heldout_losses(model, diffusion: D3PM, data: DeviceData, cfg: Config, amp=None, batch_size: int = 1024) -> dict:
+    """ce / vb / loss on held-out rows with fixed noise (its own generator), so epochs compare fairly
+    and the training RNG stream is untouched."""
+    was_training = model.training
+    model.eval()
+    device = data.x0.device
+    g = torch.Generator(device=device).manual_seed(12345)
+    n = min(len(data), cfg.max_val_rows)
+    sums = torch.zeros(3, device=device)
+    for start in range(0, n, batch_size):
+        idx = torch.arange(start, min(n, start + batch_size), device=device)
+        x0, label, target_id = data.batch(idx)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            ce, vb = diffusion.losses(model, x0, label, target_id, generator=g)
+        w = (x0 != PAD).sum()
+        sums += torch.stack([ce * w, vb * w, w.float()])
+    model.train(was_training)
+    ce, vb, w = sums.tolist()
+    ce, vb = ce / max(w, 1), vb / max(w, 1)
+    return {"ce": ce, "vb": vb, "loss": ce + cfg.hybrid_coeff * vb}
+
+
+# --- run directory -------------------------------------------------------------------------
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through a temporary file and rename it, so a kill never leaves a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+
+
+def load_checkpoint(path) -> dict:
+    """Load a checkpoint safely (weights_only: a downloaded file cannot run code) and check its format."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DataError(f"{path}: not a readable Mimir checkpoint (corrupt or truncated file?): {e}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise DataError(f"{path}: not a Mimir checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__})")
+    return ckpt
+
+
+def run_dir_for(run_name: str, checkpoint_dir="checkpoints") -> Path:
+    return Path(checkpoint_dir) / run_name
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class Trainer:
+    """Owns one training run: model, optimizer, device data, history and checkpoints."""
+
+    def __init__(self, cfg: Config, run_dir, resume: bool = False, skip_invalid: bool = False):
+        self.run_dir = Path(run_dir)
+        ckpt = self._existing_checkpoint(resume)
+        if ckpt is not None:
+            cfg = self._resumed_config(ckpt["config"], cfg)
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        rows = load_rows(cfg.data or None, skip_invalid=skip_invalid)
+        self.vocab = Vocab(ckpt["letters"], ckpt["targets"]) if ckpt else Vocab.from_rows(rows)
+        if ckpt:
+            self._check_compatible(rows)
+        train_idx, val_idx = split_indices(rows, cfg.val_fraction)
+        self.train_data = DeviceData(rows, self.vocab, train_idx, self.device)
+        self.val_data = DeviceData(rows, self.vocab, val_idx, self.device)
+        self.stats = data_stats(subset_rows(rows, train_idx), self.vocab)
+        self.stats.update(heldout_rows=len(val_idx), data=rows.path)
+
+        self.diffusion = D3PM(len(self.vocab.letters), cfg.n_steps, self.device)
+        self.model = build_model(cfg, self.vocab, self.device)
+        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.steps_per_epoch = max(1, len(self.train_data) // cfg.batch_size)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_at(s, self.cfg, self.total_steps))
+        self.amp = amp_dtype(self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.step, self.epoch, self.best_val, self.history = 0, 0, float("inf"), []
+        if ckpt:
+            self._restore(ckpt)
+        else:
+            torch.manual_seed(cfg.seed)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.run_dir / "config.json", asdict(cfg))
+            write_json(self.run_dir / "vocab.json", {"letters": self.vocab.letters, "targets": self.vocab.targets})
+            write_json(self.run_dir / "data_stats.json", self.stats)
+            (self.run_dir / "history_steps.csv").write_text("step,epoch,lr,ce,vb,loss\n")
+
+    # -- resume ------------------------------------------------------------------------------
+
+    def _existing_checkpoint(self, resume: bool):
+        last = self.run_dir / "last.pt"
+        if not last.exists():
+            if resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
+                log(f"{self.run_dir}: no last.pt yet; starting the run from the beginning")
+            return None
+        if not resume:
+            raise DataError(f"{self.run_dir} already holds a run (last.pt). Pass --resume to continue it, "
+                            f"or choose another --run-name.")
+        return load_checkpoint(last)
+
+    def _resumed_config(self, saved: dict, asked: Config) -> Config:
+        """A resumed run keeps its model and data; only how long it runs and where may change."""
+        cfg = Config(**saved)
+        for name in ("epochs", "max_steps", "device", "save_every_minutes", "compile", "log_every"):
+            setattr(cfg, name, getattr(asked, name))
+        cfg.data = asked.data or cfg.data           # the same data may live at a new path (checked below)
+        return cfg
+
+    def _check_compatible(self, rows: Rows):
+        extra_letters = set("".join(rows.sequences)) - set(self.vocab.letters)
+        extra_targets = {t for t in rows.targets if t} - set(self.vocab.targets)
+        if extra_letters or extra_targets:
+            raise DataError(f"{rows.path} does not match the checkpoint in {self.run_dir}: new letters "
+                            f"{sorted(extra_letters)}, new targets {sorted(extra_targets)[:10]}")
+
+    def _restore(self, ckpt: dict):
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise DataError(f"{self.run_dir}/last.pt does not fit this model config: {e}") from e
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        for group in self.optimizer.param_groups:          # a CUDA checkpoint may resume on the CPU
+            group["fused"] = self.device.type == "cuda"
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.step, self.epoch, self.best_val = ckpt["step"], ckpt["epoch"], ckpt["best_val"]
+        self.history = ckpt["history"]
+        torch.set_rng_state(ckpt["rng_cpu"])
+        if self.device.type == "cuda" and ckpt.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng_cuda"], self.device)
+        steps_csv = self.run_dir / "history_steps.csv"            # drop steps logged after the checkpoint
+        if steps_csv.exists():
+            lines = steps_csv.read_text().splitlines()
+            kept = [lines[0]] + [ln for ln in lines[1:] if ln and int(ln.split(",")[0]) <= self.step]
+            atomic_write(steps_csv, lambda f: f.write(("\n".join(kept) + "\n").encode()))
+        log(f"resuming {self.run_dir} at step {self.step} (epoch {self.epoch + 1})")
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def checkpoint(self) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "config": asdict(self.cfg), "letters": self.vocab.letters,
+                "targets": self.vocab.targets, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                "step": self.step, "epoch": self.epoch, "best_val": self.best_val, "history": self.history,
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+
+    def save(self, best: bool = False):
+        ckpt = self.checkpoint()
+        atomic_write(self.run_dir / "last.pt", lambda f: torch.save(ckpt, f))
+        if best:
+            atomic_write(self.run_dir / "best.pt", lambda f: torch.save(ckpt, f))
+        self._saved_step = self.step
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def train_step(self, x0, label, target_id):
+        """One optimizer step. Returns the (ce, vb, loss) tensors; nothing here reads them on the host."""
+        label, target_id = drop_condition(label, target_id, self.cfg.cond_drop)
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            ce, vb = self.diffusion.losses(self.forward, x0, label, target_id)
+        loss = ce + self.cfg.hybrid_coeff * vb
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)          # fp16 only: the scaler's inf check is one sync per step
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return torch.stack([ce.detach(), vb.detach(), loss.detach()])
+
+    def flush(self, buffer, n: int, steps_file, bar) -> list:
+        """Read the last n steps' losses from the device (the loop's only host sync, once per log_every
+        steps), stop on NaN/inf, append them to history_steps.csv and show them on the progress bar."""
+        if n == 0:
+            return []
+        values = buffer[:n].tolist()
+        first = self.step - n + 1
+        for i, (ce, vb, loss) in enumerate(values):
+            if not all(math.isfinite(v) for v in (ce, vb, loss)):
+                raise NonFiniteLoss(f"loss became {loss} (ce {ce}, vb {vb}) at step {first + i}; stopping. "
+                                    f"{self.run_dir}/last.pt keeps the last good state (step "
+                                    f"{self._saved_step}). Try a lower --lr.")
+        lr = lambda step: self.cfg.lr * lr_at(step - 1, self.cfg, self.total_steps)   # the lr step `step` used
+        steps_file.write("".join(f"{first + i},{self.epoch + 1},{lr(first + i):.6g},{ce:.6g},{vb:.6g},{loss:.6g}\n"
+                                 for i, (ce, vb, loss) in enumerate(values)))
+        steps_file.flush()
+        ce, vb, loss = np.mean(values, axis=0)
+        bar.set_postfix(ce=f"{ce:.3f}", vb=f"{vb:.3f}", loss=f"{loss:.3f}", refresh=False)
+        return values
+
+    def run(self, progress: bool = True, verbose: bool = False, on_step=None) -> dict:
+        """Train until the epochs or max_steps run out. Ctrl-C (or a notebook interrupt) saves last.pt first."""
+        cfg = self.cfg
+        if self.step >= self.total_steps:
+            log(f"{self.run_dir}: already trained for {self.step} steps; nothing to do")
+            return self.summary()
+        from tqdm.auto import tqdm
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not progress, unit="step",
+                   dynamic_ncols=True, file=sys.stderr)
+        buffer = torch.zeros(cfg.log_every, 3, device=self.device)   # per-step (ce, vb, loss), read every log_every
+        n_buf, last_save = 0, time.time()
+        self._saved_step = self.step
+        self.model.train()
+        steps_file = open(self.run_dir / "history_steps.csv", "a")
+        try:
+            while self.step < self.total_steps:
+                perm = epoch_permutation(len(self.train_data), cfg.seed, self.epoch, self.device)
+                first = self.step - self.epoch * self.steps_per_epoch    # > 0 after a mid-epoch resume
+                last = min(self.steps_per_epoch, first + self.total_steps - self.step)
+                epoch_values = []
+                for b in range(first, last):
+                    idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                    buffer[n_buf] = self.train_step(*self.train_data.batch(idx))
+                    self.step, n_buf = self.step + 1, n_buf + 1
+                    bar.update(1)
+                    if n_buf == cfg.log_every or time.time() - last_save > cfg.save_every_minutes * 60:
+                        epoch_values += self.flush(buffer, n_buf, steps_file, bar)
+                        n_buf = 0
+                    if time.time() - last_save > cfg.save_every_minutes * 60:
+                        self.save()
+                        last_save = time.time()
+                    if on_step is not None:
+                        on_step(self.step)
+                epoch_values += self.flush(buffer, n_buf, steps_file, bar)
+                n_buf = 0
+                self.end_epoch(epoch_values, verbose, partial=last < self.steps_per_epoch)
+                last_save = time.time()
+        except KeyboardInterrupt:
+            self.flush(buffer, n_buf, steps_file, bar)
+            self.save()
+            log(f"\ninterrupted: saved {self.run_dir}/last.pt at step {self.step}; continue with --resume")
+            raise
+        finally:
+            steps_file.close()
+            bar.close()
+        return self.summary()
+
+    def end_epoch(self, values: list, verbose: bool, partial: bool = False):
+        """Held-out losses, history, plot and checkpoints at the end of an epoch (or of a run that
+        max_steps stopped mid-epoch: `partial`)."""
+        train = np.mean(values, axis=0) if values else [float("nan")] * 3
+        val = heldout_losses(self.model, self.diffusion, self.val_data, self.cfg, self.amp) if len(self.val_data) else {}
+        record = {"epoch": self.epoch + 1, "step": self.step, "lr": self.scheduler.get_last_lr()[0],
+                  "train_ce": float(train[0]), "train_vb": float(train[1]), "train_loss": float(train[2]),
+                  **{f"val_{k}": v for k, v in val.items()}, "partial": partial}
+        self.history.append(record)
+        if not partial:
+            self.epoch += 1
+        val_loss = val.get("loss", record["train_loss"])
+        is_best = val_loss < self.best_val
+        self.best_val = min(self.best_val, val_loss)
+        self.save(best=is_best)
+        write_json(self.run_dir / "history.json", {"epochs": self.history, "ln_k": math.log(self.diffusion.K)})
+        plot_convergence(self.run_dir)
+        if verbose:
+            log(f"epoch {record['epoch']} step {self.step}: train ce {record['train_ce']:.4f} vb "
+                f"{record['train_vb']:.4f} | held-out ce {val.get('ce', float('nan')):.4f} vb "
+                f"{val.get('vb', float('nan')):.4f} loss {val_loss:.4f}{' (best)' if is_best else ''}")
+
+    def summary(self) -> dict:
+        last = self.history[-1] if self.history else {}
+        return {"run_dir": str(self.run_dir), "step": self.step, "epoch": self.epoch,
+                "best_val_loss": self.best_val, "last": last, "params": count_params(self.model)}
+
+
+def train(cfg: Config, run_dir, resume: bool = False, skip_invalid: bool = False, progress: bool = True,
+          verbose: bool = False, on_step=None) -> dict:
+    """Train (or resume) a run in run_dir. Returns a summary dict."""
+    trainer = Trainer(cfg, run_dir, resume=resume, skip_invalid=skip_invalid)
+    if verbose:
+        log(f"{trainer.run_dir}: preset {trainer.cfg.preset}, {count_params(trainer.model):,} parameters, "
+            f"{len(trainer.train_data):,} training / {len(trainer.val_data):,} held-out rows, "
+            f"{trainer.steps_per_epoch} steps per epoch, device {trainer.device}"
+            f"{', ' + str(trainer.amp).replace('torch.', '') if trainer.amp else ''}")
+    return trainer.run(progress=progress, verbose=verbose, on_step=on_step)
+
+
+# =============================================================================================
+# Sampling
+# =============================================================================================
+
+
+@dataclass
+class Run:
+    """A trained model loaded from a run directory, ready to sample."""
+    cfg: Config
+    vocab: Vocab
+    model: X0Transformer
+    diffusion: D3PM
+    stats: dict
+    device: torch.device
+    run_dir: Path
+
+
+def load_run(run_dir, checkpoint: str = "best", device: str = "auto") -> Run:
+    run_dir = Path(run_dir)
+    path = run_dir / f"{checkpoint}.pt"
+    if checkpoint == "best" and not path.exists():
+        path = run_dir / "last.pt"
+    ckpt = load_checkpoint(path)
+    cfg = Config(**ckpt["config"])
+    vocab = Vocab(ckpt["letters"], ckpt["targets"])
+    dev = pick_device(device)
+    model = X0Transformer(cfg, vocab.size, vocab.num_targets)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise DataError(f"{path}: weights do not match the config stored with them: {e}") from e
+    stats_path = run_dir / "data_stats.json"
+    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    return Run(cfg, vocab, model.to(dev).eval(), D3PM(len(vocab.letters), cfg.n_steps, dev), stats, dev, run_dir)
+
+
+def length_probs(run: Run, label: int, target: str | None, min_length: int, max_length: int) -> np.ndarray:
+    """P(length) over 0..MAX_LEN: the target's training lengths (if it has enough rows), else the label's,
+    restricted to [min_length, max_length]; uniform in the range if the data have none there."""
+    counts = np.zeros(MAX_LEN + 1)
+    if target and sum(run.stats.get("target_length_counts", {}).get(target, [])) >= 20:
+        counts = np.array(run.stats["target_length_counts"][target], dtype=float)
+    elif "length_counts" in run.stats:
+        counts = np.array(run.stats["length_counts"][str(label)], dtype=float)
+    in_range = np.zeros(MAX_LEN + 1)
+    in_range[min_length:max_length + 1] = 1
+    probs = counts * in_range
+    if probs.sum() == 0:
+        probs = in_range
+    return probs / probs.sum()
+
+
+@torch.no_grad()
+def sample_tokens(run: Run, lengths, label: int, target_id: int, guidance: float = 0.0,
+                  standard_only: bool = True, generator=None):
+    """Reverse diffusion for peptides of the given lengths (n,). Starts from uniform noise on residue
+    positions (q(x_T) is uniform) and draws x_{t-1} ~ p(x_{t-1} | x_t) down to x0. Guidance S mixes the
+    conditional and unconditional x0 log-probs: (1 + S) * cond - S * uncond. Returns tokens (n, MAX_LEN)."""
+    dev, K, T = run.device, run.diffusion.K, run.diffusion.T
+    n = len(lengths)
+    pad_mask = torch.arange(MAX_LEN, device=dev)[None] < torch.as_tensor(lengths, device=dev)[:, None]
+    label_t = torch.full((n,), label, device=dev)
+    target_t = torch.full((n,), target_id, device=dev)
+    blocked = torch.zeros(K, dtype=torch.bool, device=dev)
+    if standard_only:                                       # no X / B / Z / U in generated peptides
+        blocked = torch.tensor([c not in RESIDUES for c in run.vocab.letters], device=dev)
+    xtr = torch.randint(0, K, (n, MAX_LEN), device=dev, generator=generator)
+    for t in range(T, 0, -1):
+        t_b = torch.full((n,), t, device=dev)
+        xt = torch.where(pad_mask, xtr + 1, PAD)
+        logp = run.model(xt, t_b, label_t, target_t).float().log_softmax(-1)
+        if guidance:
+            uncond = run.model(xt, t_b, torch.full_like(label_t, UNKNOWN_LABEL),
+                               torch.full_like(target_t, UNKNOWN_TARGET)).float().log_softmax(-1)
+            logp = (1 + guidance) * logp - guidance * uncond
+        p0 = logp.masked_fill(blocked, -float("inf")).softmax(-1)
+        xtr = sample_categorical(run.diffusion.posterior(xtr, t_b, p0), generator)
+    return torch.where(pad_mask, xtr + 1, PAD).cpu()
+
+
+DEFAULT_GUIDANCE = 1.0
+
+
+def generate(run, n: int = 100, label: int = 1, target: str | None = None, min_length: int = MIN_LEN,
+             max_length: int = MAX_LEN, seed: int = 0, guidance: float = DEFAULT_GUIDANCE,
+             standard_only: bool = True, batch_size: int = 1024, checkpoint: str = "best",
+             device: str = "auto") -> list:
+    """n peptides for a condition. `run` is a Run or a run directory. A target implies label 1."""
+    if not isinstance(run, Run):
+        run = load_run(run, checkpoint=checkpoint, device=device)
+    if label not in (0, 1):
+        raise DataError(f"label must be 0 or 1, not {label}")
+    if target and label == 0:
+        raise DataError("a target goes with label 1 (background peptides have no target)")
+    if not MIN_LEN <= min_length <= max_length <= MAX_LEN:
+        raise DataError(f"length range {min_length}-{max_length} must lie within {MIN_LEN}-{MAX_LEN}")
+    target_id = run.vocab.target_id(target)
+    rng = np.random.default_rng(seed)
+    lengths = rng.choice(MAX_LEN + 1, size=n, p=length_probs(run, label, target, min_length, max_length))
+    g = torch.Generator(device=run.device).manual_seed(seed)
+    out = []
+    for start in range(0, n, batch_size):
+        tokens = sample_tokens(run, lengths[start:start + batch_size], label, target_id, guidance,
+                               standard_only, g)
+        out += run.vocab.decode(tokens)
+    return out
+
+
+# =============================================================================================
+# Plots
+# =============================================================================================
+
+
+def plot_convergence(run_dir, out: str | None = None):
+    """convergence.png: training ce / vb / loss per step (smoothed) and held-out per epoch, with the
+    ln K line (the ce of a uniform guess). Returns the figure."""
+    import matplotlib
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    run_dir = Path(run_dir)
+    hist = json.loads((run_dir / "history.json").read_text())
+    steps = np.genfromtxt(run_dir / "history_steps.csv", delimiter=",", names=True, ndmin=1)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    window = max(1, len(steps) // 100)
+    smooth = lambda y: np.convolve(y, np.ones(window) / window, mode="valid")
+    for ax, key in zip(axes, ("ce", "vb", "loss")):
+        if len(steps):
+            ax.plot(steps["step"][window - 1:], smooth(steps[key]), lw=1, label="train (per step)")
+        ep = [e for e in hist["epochs"] if f"val_{key}" in e]
+        ax.plot([e["step"] for e in ep], [e[f"val_{key}"] for e in ep], "o-", ms=3, label="held-out (per epoch)")
+        if key == "ce":
+            ax.axhline(hist["ln_k"], color="gray", ls="--", lw=1, label=f"ln K = {hist['ln_k']:.2f} (uniform guess)")
+        ax.set_title(key + (" (nats per residue)" if key != "loss" else ""))
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out or run_dir / "convergence.png", dpi=110)
+    plt.close(fig)
+    return fig
+
+
+# =============================================================================================
+# Command line
+# =============================================================================================
+
+
+def add_run_args(p):
+    p.add_argument("--run-name", default=None, help="run directory name (default: the preset's name)")
+    p.add_argument("--checkpoint-dir", default="checkpoints", help="where runs live (default: checkpoints/)")
+
+
+def cmd_train(args):
+    overrides = {k: getattr(args, k) for k in ("epochs", "max_steps", "batch_size", "lr", "seed", "device",
+                                             "save_every_minutes", "dim", "n_layers", "n_heads", "n_steps",
+                                             "hybrid_coeff", "warmup", "cond_drop", "data")}
+    overrides["compile"] = args.compile or None
+    cfg = make_config(args.preset, **overrides)
+    run_dir = run_dir_for(args.run_name or args.preset, args.checkpoint_dir)
+    summary = train(cfg, run_dir, resume=args.resume, skip_invalid=args.skip_invalid,
+                    progress=not args.no_progress, verbose=args.verbose)
+    log(f"done: {summary['step']} steps, best held-out loss {summary['best_val_loss']:.4f}; "
+        f"checkpoints and convergence.png in {run_dir}")
+
+
+def cmd_generate(args):
+    run_dir = run_dir_for(args.run_name, args.checkpoint_dir)
+    peptides = generate(run_dir, n=args.n, label=args.label, target=args.target, min_length=args.min_length,
+                        max_length=args.max_length, seed=args.seed, guidance=args.guidance,
+                        standard_only=not args.allow_rare, checkpoint=args.checkpoint, device=args.device)
+    sys.stdout.write("".join(p + "\n" for p in peptides))
+
+
+def cmd_presets(args):
+    vocab = Vocab(RESIDUES + RARE_RESIDUES[: max(0, args.vocab_size - 1 - len(RESIDUES))],
+                  [f"T{i}" for i in range(args.num_targets)])
+    out = {}
+    for name in PRESETS:
+        cfg = make_config(name)
+        out[name] = {**asdict(cfg), "params": count_params(X0Transformer(cfg, vocab.size, vocab.num_targets))}
+    print(json.dumps(out, indent=1))
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="mimir_core.py", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train or resume a model")
+    p.add_argument("--preset", default="small", choices=list(PRESETS))
+    p.add_argument("--data", default=None, help="CSV (label,target,sequence[,source]); default: the demo data")
+    add_run_args(p)
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-name from its last.pt")
+    p.add_argument("--skip-invalid", action="store_true", help="train on the valid rows, reporting the rest")
+    for flag, typ in (("--epochs", int), ("--max-steps", int), ("--batch-size", int), ("--lr", float),
+                      ("--seed", int), ("--save-every-minutes", float), ("--dim", int), ("--n-layers", int),
+                      ("--n-heads", int), ("--n-steps", int), ("--hybrid-coeff", float), ("--warmup", int),
+                      ("--cond-drop", float)):
+        p.add_argument(flag, type=typ, default=None, help="override the preset")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; slower start)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="print a line per epoch")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="print generated peptides, one per line")
+    add_run_args(p)
+    p.add_argument("-n", type=int, default=100, help="how many peptides (default 100)")
+    p.add_argument("--label", type=int, default=1, choices=[0, 1], help="1 interacting (default), 0 background")
+    p.add_argument("--target", default=None, help="target accession (label 1); default: any target")
+    p.add_argument("--min-length", type=int, default=MIN_LEN)
+    p.add_argument("--max-length", type=int, default=MAX_LEN)
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
+                   help=f"classifier-free guidance S (0 = plain conditional; default {DEFAULT_GUIDANCE})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--allow-rare", action="store_true", help="allow X/B/Z/U... in outputs")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("presets", help="print each preset's settings and parameter count as JSON")
+    p.add_argument("--vocab-size", type=int, default=25, help="tokens including PAD (real data: 25)")
+    p.add_argument("--num-targets", type=int, default=800)
+    p.set_defaults(func=cmd_presets)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if getattr(args, "run_name", "x") is None and args.command != "train":
+        build_parser().error("--run-name is required")
+    try:
+        args.func(args)
+    except (DataError, NonFiniteLoss) as e:
+        log(f"error: {e}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The training loop: learning, checkpoints, exact resume, and failure modes."""
+import json
+
+import pytest
+import torch
+
+import mimir_core as mc
+
+
+def tiny(fixture_csv, **kw):
+    return mc.make_config("tiny", data=str(fixture_csv), **kw)
+
+
+def test_tiny_preset_learns_on_the_fixture(fixture_csv, tmp_path):
+    cfg = tiny(fixture_csv, epochs=8)                   # 36 steps an epoch: ~290 steps
+    trainer = mc.Trainer(cfg, tmp_path / "run")
+    before = mc.heldout_losses(trainer.model, trainer.diffusion, trainer.val_data, cfg)
+    trainer.run(progress=False)
+    after = trainer.history[-1]
+    assert before["ce"] > 2.9                           # about ln 20 for an untrained model
+    assert after["val_ce"] < 0.75 * before["ce"], (before, after)
+
+
+def test_run_directory_holds_everything(fixture_csv, tmp_path):
+    run = tmp_path / "run"
+    summary = mc.train(tiny(fixture_csv), run, progress=False)
+    for name in ("config.json", "vocab.json", "data_stats.json", "history.json", "history_steps.csv",
+                 "last.pt", "best.pt", "convergence.png"):
+        assert (run / name).exists(), name
+    steps = (run / "history_steps.csv").read_text().splitlines()
+    assert steps[0] == "step,epoch,lr,ce,vb,loss" and len(steps) == 1 + summary["step"]
+    hist = json.loads((run / "history.json").read_text())
+    assert [e["epoch"] for e in hist["epochs"]] == [1, 2]
+    assert {"train_ce", "train_vb", "val_ce", "val_vb", "val_loss"} <= set(hist["epochs"][0])
+    best = mc.load_checkpoint(run / "best.pt")
+    assert best["best_val"] == min(e["val_loss"] for e in hist["epochs"])
+
+
+def test_max_steps_and_epochs_stop_at_whichever_comes_first(fixture_csv, tmp_path):
+    assert mc.train(tiny(fixture_csv, epochs=5, max_steps=10), tmp_path / "a", progress=False)["step"] == 10
+    assert mc.train(tiny(fixture_csv, epochs=1, max_steps=1000), tmp_path / "b", progress=False)["step"] == 36
+
+
+def test_interrupted_run_resumes_to_the_same_weights(fixture_csv, tmp_path):
+    cfg = tiny(fixture_csv, epochs=3)
+    straight = mc.train(cfg, tmp_path / "straight", progress=False)
+
+    def kill_at_50(step):                               # mid-epoch 2; last save was the epoch-1 end
+        if step == 50:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        mc.train(cfg, tmp_path / "resumed", progress=False, on_step=kill_at_50)
+    assert mc.load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 50
+    resumed = mc.train(cfg, tmp_path / "resumed", resume=True, progress=False)
+    assert resumed["step"] == straight["step"] == 108
+    a = mc.load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
+    b = mc.load_checkpoint(tmp_path / "resumed" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert ((tmp_path / "straight" / "history_steps.csv").read_text()
+            == (tmp_path / "resumed" / "history_steps.csv").read_text())
+
+
+def test_resume_from_an_epoch_checkpoint_after_a_hard_kill(fixture_csv, tmp_path):
+    """A kill leaves only the files written so far: resume from last.pt loses only the steps since."""
+    cfg = tiny(fixture_csv, epochs=2)
+    mc.train(cfg, tmp_path / "s", progress=False)
+    mc.train(tiny(fixture_csv, epochs=1), tmp_path / "k", progress=False)       # "killed" after epoch 1
+    mc.train(cfg, tmp_path / "k", resume=True, progress=False)                  # epochs may be extended
+    a = mc.load_checkpoint(tmp_path / "s" / "last.pt")
+    b = mc.load_checkpoint(tmp_path / "k" / "last.pt")
+    assert a["step"] == b["step"] == 72
+    # the lr schedule's horizon differed in epoch 1, so weights are close, not equal
+    assert all(torch.isfinite(v).all() for v in b["model"].values())
+    assert [e["epoch"] for e in b["history"]] == [1, 2]
+
+
+def test_existing_run_needs_resume(fixture_csv, tmp_path):
+    mc.train(tiny(fixture_csv, max_steps=5), tmp_path / "run", progress=False)
+    with pytest.raises(mc.DataError, match="already holds a run.*--resume"):
+        mc.train(tiny(fixture_csv, max_steps=5), tmp_path / "run", progress=False)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(fixture_csv, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = mc.D3PM.losses
+
+    def poisoned(self, model, x0, label, target_id, generator=None):
+        ce, vb = original(self, model, x0, label, target_id, generator)
+        if generator is None:                           # training steps only, not held-out scoring
+            calls["n"] += 1
+            if calls["n"] >= 45:
+                return ce * float("nan"), vb
+        return ce, vb
+    monkeypatch.setattr(mc.D3PM, "losses", poisoned)
+    with pytest.raises(mc.NonFiniteLoss, match=r"at step 45;.*last good state \(step 36\)"):
+        mc.train(tiny(fixture_csv, epochs=3), tmp_path / "run", progress=False)
+    ckpt = mc.load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["step"] == 36 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_corrupt_foreign_and_mismatched_checkpoints_get_clear_errors(fixture_csv, tmp_path):
+    run = tmp_path / "run"
+    mc.train(tiny(fixture_csv, max_steps=5), run, progress=False)
+    good = (run / "last.pt").read_bytes()
+
+    (run / "last.pt").write_bytes(good[: len(good) // 2])
+    with pytest.raises(mc.DataError, match="not a readable Mimir checkpoint"):
+        mc.train(tiny(fixture_csv, max_steps=10), run, resume=True, progress=False)
+
+    torch.save({"weights": torch.zeros(3)}, run / "last.pt")
+    with pytest.raises(mc.DataError, match="not a Mimir checkpoint"):
+        mc.load_run(run, checkpoint="last")
+
+    class Evil:                                          # pickles code: weights_only refuses it
+        def __reduce__(self):
+            return (print, ("ran code",))
+    torch.save({"format": mc.CHECKPOINT_FORMAT, "x": Evil()}, run / "last.pt")
+    with pytest.raises(mc.DataError, match="not a readable Mimir checkpoint"):
+        mc.load_checkpoint(run / "last.pt")
+
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    ckpt["config"]["dim"] = 64
+    torch.save(ckpt, run / "best.pt")
+    with pytest.raises(mc.DataError, match="do not match the config"):
+        mc.load_run(run)
+
+
+def test_resume_refuses_data_with_new_targets(fixture_csv, tmp_path):
+    mc.train(tiny(fixture_csv, max_steps=5), tmp_path / "run", progress=False)
+    other = tmp_path / "other.csv"
+    other.write_text(fixture_csv.read_text() + "1,NEWTARGET,ACDEFGHIK,protX\n")
+    with pytest.raises(mc.DataError, match="does not match the checkpoint.*NEWTARGET"):
+        mc.Trainer(tiny(other, max_steps=10), tmp_path / "run", resume=True)
+
+
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "x.pt"
+    mc.atomic_write(path, lambda f: f.write(b"old"))
+
+    def dies(f):
+        f.write(b"half")
+        raise RuntimeError("killed")
+    with pytest.raises(RuntimeError):
+        mc.atomic_write(path, dies)
+    assert path.read_bytes() == b"old"
