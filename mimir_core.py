@@ -622,14 +622,15 @@ class NonFiniteLoss(RuntimeError):
 class Trainer:
     """Owns one training run: model, optimizer, device data, history and checkpoints."""
 
-    def __init__(self, cfg: Config, run_dir, resume: bool = False, skip_invalid: bool = False):
+    def __init__(self, cfg: Config, run_dir, resume: bool = False, skip_invalid: bool = False, rows=None):
+        """`rows` (already validated) replaces loading cfg.data, e.g. for benchmarks."""
         self.run_dir = Path(run_dir)
         ckpt = self._existing_checkpoint(resume)
         if ckpt is not None:
             cfg = self._resumed_config(ckpt["config"], cfg)
         self.cfg = cfg
         self.device = pick_device(cfg.device)
-        rows = load_rows(cfg.data or None, skip_invalid=skip_invalid)
+        rows = rows if rows is not None else load_rows(cfg.data or None, skip_invalid=skip_invalid)
         self.vocab = Vocab(ckpt["letters"], ckpt["targets"]) if ckpt else Vocab.from_rows(rows)
         if ckpt:
             self._check_compatible(rows)
