@@ -968,17 +968,248 @@ def generate(run, n: int = 100, label: int = 1, target: str | None = None, min_l
 
 
 # =============================================================================================
+# Evaluation: held-out likelihood, sample quality and conditioning, each beside its baseline
+# =============================================================================================
+
+
+@torch.no_grad()
+def heldout_bound_nats(run: Run, x0, label, target_id, generator=None, batch_size: int = 512):
+    """The D3PM variational bound -log p(x0 | length) >= ... per sequence, in nats, (N,): the prior term
+    KL(q(x_T | x0) || uniform), the KL terms of every step t = 2..T and the reconstruction term
+    -log p(x0 | x_1) (the t = 1 term of ce_and_vb), each with x_t ~ q(x_t | x0), as d3pm's calc_bpd_loop."""
+    d, dev = run.diffusion, run.device
+    out = []
+    for start in range(0, x0.shape[0], batch_size):
+        xb = x0[start:start + batch_size].to(dev).long()
+        lb, tb = label[start:start + batch_size].to(dev), target_id[start:start + batch_size].to(dev)
+        pad_mask, x0r, B = xb != PAD, (xb - 1).clamp_min(0), xb.shape[0]
+        q_T = d.q_probs(x0r, torch.full((B,), d.T, device=dev))
+        total = (torch.special.xlogy(q_T, q_T * d.K).sum(-1) * pad_mask).sum(-1)        # prior term
+        for t in range(1, d.T + 1):
+            t_b = torch.full((B,), t, device=dev)
+            xt, xtr = d.q_sample(xb, t_b, generator)
+            _, vb = d.ce_and_vb(run.model(xt, t_b, lb, tb).float(), x0r, xtr, t_b)
+            total += (vb * pad_mask).sum(-1)
+        out.append(total.cpu())
+    return torch.cat(out)
+
+
+def composition(sequences, letters: str = RESIDUES) -> np.ndarray:
+    """Residue frequencies over `letters` (letters outside it are not counted)."""
+    counts = np.zeros(len(letters))
+    index = {c: i for i, c in enumerate(letters)}
+    for seq in sequences:
+        for c in seq:
+            if c in index:
+                counts[index[c]] += 1
+    return counts / max(counts.sum(), 1)
+
+
+def length_distribution(sequences) -> np.ndarray:
+    counts = np.bincount([len(s) for s in sequences], minlength=MAX_LEN + 1)[:MAX_LEN + 1].astype(float)
+    return counts / max(counts.sum(), 1)
+
+
+def entropy_bits(p) -> float:
+    p = np.asarray(p, dtype=float)
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
+
+
+def js_divergence(p, q) -> float:
+    """Jensen-Shannon divergence in bits: 0 for equal distributions, 1 for disjoint ones."""
+    p, q = np.asarray(p, float) / np.sum(p), np.asarray(q, float) / np.sum(q)
+    m = (p + q) / 2
+    kl = lambda a: float(np.sum(a[a > 0] * np.log2(a[a > 0] / m[a > 0])))
+    return (kl(p) + kl(q)) / 2
+
+
+def sample_metrics(samples: list, reference: list, train_set: set) -> dict:
+    """Quality figures of generated peptides against held-out `reference` peptides of the same condition."""
+    valid = [s for s in samples if MIN_LEN <= len(s) <= MAX_LEN and set(s) <= set(RESIDUES)]
+    unique = set(samples)
+    return {"n": len(samples), "validity": len(valid) / max(len(samples), 1),
+            "uniqueness": len(unique) / max(len(samples), 1),
+            "novelty": len(unique - train_set) / max(len(unique), 1),
+            "js_composition": js_divergence(composition(samples) + 1e-12, composition(reference) + 1e-12),
+            "js_length": js_divergence(length_distribution(samples) + 1e-12, length_distribution(reference) + 1e-12)}
+
+
+def random_peptides(n: int, comp, length_p, seed: int = 0) -> list:
+    """The floor: residues drawn i.i.d. from a composition over RESIDUES, lengths from length_p."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.choice(MAX_LEN + 1, size=n, p=length_p)
+    letters = np.array(list(RESIDUES))
+    return ["".join(rng.choice(letters, size=k, p=comp)) for k in lengths]
+
+
+def load_motifs(path=DEMO_MOTIFS) -> dict:
+    """target -> compiled regex, from a motifs JSON (list of {"target", "regex", "anchor"?})."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    motifs = {}
+    for m in json.loads(path.read_text()):
+        pattern = m["regex"] + ("$" if m.get("anchor") == "c_terminal" and not m["regex"].endswith("$") else "")
+        motifs[m["target"]] = re.compile(pattern)
+    return motifs
+
+
+def evaluate(run_dir, data=None, n_samples: int = 1000, n_per_target: int = 200, seed: int = 0,
+             guidance: float = DEFAULT_GUIDANCE, motifs=None, max_rows: int = 5000, checkpoint: str = "best",
+             device: str = "auto") -> dict:
+    """Held-out likelihood, sample quality and conditioning, each with its baseline. Writes
+    evaluation.json in the run directory and returns the report (see format_report)."""
+    run = load_run(run_dir, checkpoint=checkpoint, device=device)
+    train_path = run.cfg.data or str(DEMO_DATA)
+    rows = load_rows(data or train_path)
+    if data and Path(data).resolve() != Path(train_path).resolve():     # an external test file: all held out
+        val_idx, train_rows = np.arange(len(rows.sequences)), (load_rows(train_path) if Path(train_path).exists() else None)
+        train_rows = subset_rows(train_rows, split_indices(train_rows, run.cfg.val_fraction)[0]) if train_rows else None
+    else:
+        train_idx, val_idx = split_indices(rows, run.cfg.val_fraction)
+        train_rows = subset_rows(rows, train_idx)
+    val = subset_rows(rows, val_idx)
+    train_set = set(train_rows.sequences) if train_rows else set()
+    train_comp = np.array(run.stats["composition"])[:len(RESIDUES)]
+    train_comp = train_comp / train_comp.sum()
+    report = {"run_dir": str(run_dir), "checkpoint": checkpoint, "guidance": guidance, "seed": seed,
+              "heldout_rows": len(val.sequences), "likelihood": {}, "samples": {}, "conditioning": {}}
+
+    # 1. held-out likelihood in bits per residue, per label, beside composition and uniform
+    g = torch.Generator(device=run.device).manual_seed(seed)
+    unknown = sorted({t for t in val.targets if t} - set(run.vocab.targets))
+    if unknown:
+        raise DataError(f"{val.path}: targets the model was not trained on: {', '.join(unknown[:10])}")
+    for label in (0, 1):
+        idx = np.flatnonzero(val.labels == label)[:max_rows]
+        if len(idx) == 0:
+            continue
+        part = subset_rows(val, idx)
+        x0 = torch.from_numpy(run.vocab.encode(part.sequences))
+        nats = heldout_bound_nats(run, x0, torch.from_numpy(part.labels),
+                                  torch.from_numpy(run.vocab.target_ids(part.targets)), g)
+        residues = int((x0 != PAD).sum())
+        comp_bits = entropy_bits(composition(train_rows.sequences if train_rows else part.sequences, run.vocab.letters))
+        report["likelihood"][str(label)] = {
+            "rows": len(idx), "bits_per_residue": float(nats.sum()) / residues / math.log(2),
+            "composition_bits": comp_bits, "uniform_bits": math.log2(len(run.vocab.letters))}
+
+    # 2. samples per label vs held-out peptides, and a composition-matched random floor
+    samples = {}
+    for label in (0, 1):
+        reference = [s for s, l in zip(val.sequences, val.labels.tolist()) if l == label]
+        if not reference:
+            continue
+        samples[label] = generate(run, n=n_samples, label=label, seed=seed, guidance=guidance)
+        label_p = length_probs(run, label, None, MIN_LEN, MAX_LEN)
+        baseline = random_peptides(n_samples, train_comp, label_p, seed)
+        report["samples"][str(label)] = {"model": sample_metrics(samples[label], reference, train_set),
+                                         "random_baseline": sample_metrics(baseline, reference, train_set),
+                                         "composition": composition(samples[label]).tolist(),
+                                         "reference_composition": composition(reference).tolist(),
+                                         "baseline_composition": train_comp.tolist(),
+                                         "lengths": length_distribution(samples[label]).tolist(),
+                                         "reference_lengths": length_distribution(reference).tolist()}
+
+    # 3. conditioning: target motif enrichment, and how far label-1 samples sit from label-0 samples
+    motifs = load_motifs(motifs) if motifs else (load_motifs() if not run.cfg.data else {})
+    if 0 in samples and 1 in samples:
+        ref0 = [s for s, l in zip(val.sequences, val.labels.tolist()) if l == 0]
+        ref1 = [s for s, l in zip(val.sequences, val.labels.tolist()) if l == 1]
+        report["conditioning"]["label_js_composition"] = {
+            "samples": js_divergence(composition(samples[1]) + 1e-12, composition(samples[0]) + 1e-12),
+            "heldout_data": js_divergence(composition(ref1) + 1e-12, composition(ref0) + 1e-12)}
+    targets = {}
+    for target, pattern in motifs.items():
+        if target not in run.vocab.targets:
+            continue
+        on_target = generate(run, n=n_per_target, label=1, target=target, seed=seed, guidance=guidance)
+        background = samples.get(0) or generate(run, n=n_samples, label=0, seed=seed, guidance=guidance)
+        rate = lambda ps: sum(bool(pattern.search(p)) for p in ps) / max(len(ps), 1)
+        on, bg = rate(on_target), rate(background)
+        targets[target] = {"pattern": pattern.pattern, "target_rate": on, "background_rate": bg,
+                           "enrichment": on / bg if bg > 0 else (float("inf") if on > 0 else 1.0),
+                           "training_rate": rate([s for s, t in zip(train_rows.sequences, train_rows.targets) if t == target]) if train_rows else None}
+    report["conditioning"]["motifs"] = targets
+    write_json(Path(run_dir) / "evaluation.json", report)
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The evaluation report as readable text."""
+    out = [f"Evaluation of {report['run_dir']} ({report['checkpoint']}.pt, guidance {report['guidance']}, "
+           f"{report['heldout_rows']} held-out rows)", "", "Held-out likelihood (bits per residue; lower is better):"]
+    for label, lk in report["likelihood"].items():
+        verdict = "beats" if lk["bits_per_residue"] < lk["composition_bits"] else "DOES NOT beat"
+        out.append(f"  label {label}: model {lk['bits_per_residue']:.3f} | composition {lk['composition_bits']:.3f} | "
+                   f"uniform {lk['uniform_bits']:.3f}  -> {verdict} amino-acid composition ({lk['rows']} rows)")
+    out += ["", "Samples vs held-out peptides (JS divergence in bits: 0 = same distribution):",
+            f"  {'':22}{'validity':>9}{'unique':>9}{'novel':>9}{'JS comp':>9}{'JS len':>9}"]
+    for label, s in report["samples"].items():
+        for name in ("model", "random_baseline"):
+            m = s[name]
+            out.append(f"  label {label} {name:14}{m['validity']:9.3f}{m['uniqueness']:9.3f}{m['novelty']:9.3f}"
+                       f"{m['js_composition']:9.4f}{m['js_length']:9.4f}")
+    cond = report["conditioning"]
+    if "label_js_composition" in cond:
+        c = cond["label_js_composition"]
+        out += ["", f"Label conditioning: JS(label-1 vs label-0 composition) samples {c['samples']:.4f}, "
+                    f"held-out data {c['heldout_data']:.4f}"]
+    if cond.get("motifs"):
+        out += ["", "Target conditioning (fraction of samples matching the target's motif):",
+                f"  {'target':16}{'on target':>10}{'background':>11}{'enrichment':>11}{'in data':>9}"]
+        for target, m in cond["motifs"].items():
+            data_rate = f"{m['training_rate']:9.2f}" if m["training_rate"] is not None else f"{'-':>9}"
+            out.append(f"  {target:16}{m['target_rate']:10.3f}{m['background_rate']:11.3f}"
+                       f"{m['enrichment']:11.1f}{data_rate}")
+    return "\n".join(out)
+
+
+# =============================================================================================
 # Plots
 # =============================================================================================
+
+
+def _pyplot():
+    """pyplot without a display where there is none (CLI, CI); notebooks keep their inline backend."""
+    import matplotlib
+    if "matplotlib.pyplot" not in sys.modules and "ipykernel" not in sys.modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_evaluation(report: dict, out=None):
+    """Amino-acid composition (held-out data vs samples vs the random floor) and length distributions,
+    one row per label. Saved as evaluation.png in the run directory unless `out` says otherwise."""
+    plt = _pyplot()
+    labels = sorted(report["samples"])
+    fig, axes = plt.subplots(len(labels), 2, figsize=(13, 3.4 * len(labels)), squeeze=False)
+    x = np.arange(len(RESIDUES))
+    for row, label in zip(axes, labels):
+        s = report["samples"][label]
+        for k, (key, name) in enumerate([("reference_composition", "held-out data"), ("composition", "samples"),
+                                         ("baseline_composition", "training composition (random floor)")]):
+            row[0].bar(x + (k - 1) * 0.27, s[key], width=0.27, label=name)
+        row[0].set_xticks(x, list(RESIDUES))
+        row[0].set_title(f"label {label}: amino-acid composition")
+        row[0].legend(fontsize=7)
+        lengths = np.arange(MAX_LEN + 1)
+        row[1].bar(lengths - 0.2, s["reference_lengths"], width=0.4, label="held-out data")
+        row[1].bar(lengths + 0.2, s["lengths"], width=0.4, label="samples")
+        row[1].set_xlim(MIN_LEN - 1, MAX_LEN + 1)
+        row[1].set_title(f"label {label}: length distribution")
+        row[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out or Path(report["run_dir"]) / "evaluation.png", dpi=100)
+    return fig
 
 
 def plot_convergence(run_dir, out: str | None = None):
     """convergence.png: training ce / vb / loss per step (smoothed) and held-out per epoch, with the
     ln K line (the ce of a uniform guess). Returns the figure."""
-    import matplotlib
-    if "matplotlib.pyplot" not in sys.modules:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     run_dir = Path(run_dir)
     hist = json.loads((run_dir / "history.json").read_text())
     steps = np.genfromtxt(run_dir / "history_steps.csv", delimiter=",", names=True, ndmin=1)
@@ -997,7 +1228,7 @@ def plot_convergence(run_dir, out: str | None = None):
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out or run_dir / "convergence.png", dpi=110)
-    plt.close(fig)
+    plt.close(fig)          # the notebook shows the saved PNG; an open figure per epoch would pile up
     return fig
 
 
@@ -1030,6 +1261,15 @@ def cmd_generate(args):
                         max_length=args.max_length, seed=args.seed, guidance=args.guidance,
                         standard_only=not args.allow_rare, checkpoint=args.checkpoint, device=args.device)
     sys.stdout.write("".join(p + "\n" for p in peptides))
+
+
+def cmd_evaluate(args):
+    report = evaluate(run_dir_for(args.run_name, args.checkpoint_dir), data=args.data, n_samples=args.n,
+                      seed=args.seed, guidance=args.guidance, motifs=args.motifs, checkpoint=args.checkpoint,
+                      device=args.device)
+    plot_evaluation(report)
+    print(format_report(report))
+    log(f"wrote evaluation.json and evaluation.png in {report['run_dir']}")
 
 
 def cmd_presets(args):
@@ -1077,6 +1317,17 @@ def build_parser():
     p.add_argument("--allow-rare", action="store_true", help="allow X/B/Z/U... in outputs")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("evaluate", help="held-out likelihood, sample quality and conditioning vs baselines")
+    add_run_args(p)
+    p.add_argument("--data", default=None, help="score this file instead of the run's held-out split")
+    p.add_argument("-n", type=int, default=1000, help="samples per condition (default 1000)")
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    p.add_argument("--motifs", default=None, help="motifs JSON (target -> regex); default: the demo's, for demo runs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("presets", help="print each preset's settings and parameter count as JSON")
     p.add_argument("--vocab-size", type=int, default=25, help="tokens including PAD (real data: 25)")

@@ -1,0 +1,111 @@
+"""Evaluation: the exact bound, the baselines and every metric on inputs with known answers."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import mimir_core as mc
+from conftest import FIXTURE_MOTIFS
+
+
+@pytest.fixture(scope="module")
+def run(trained_run):
+    return mc.load_run(trained_run)
+
+
+def brute_force_kl(Q, Qbar, x0r, xtr, t, p0):
+    """KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)) for one position, by explicit sums over letters."""
+    K = Q.shape[-1]
+    q = np.array([Q[t][j, xtr] * Qbar[t - 1][x0r, j] for j in range(K)])
+    q /= q.sum()
+    p = np.array([Q[t][j, xtr] * sum(p0[a] * Qbar[t - 1][a, j] for a in range(K)) for j in range(K)])
+    p /= p.sum()
+    return sum(q[j] * math.log(q[j] / p[j]) for j in range(K) if q[j] > 0)
+
+
+def test_bound_equals_the_sum_of_its_terms_computed_by_hand(run):
+    seqs = ["ACDEFGHIK", "WWYYP", "MKLVVVTTSRRA"]
+    x0 = torch.from_numpy(run.vocab.encode(seqs)).long()
+    label, target = torch.tensor([1, 0, 1]), torch.tensor([1, 0, 2])
+    got = mc.heldout_bound_nats(run, x0, label, target, torch.Generator().manual_seed(7))
+
+    d, Q, Qbar = run.diffusion, run.diffusion.Q.double().numpy(), run.diffusion.Qbar.double().numpy()
+    g = torch.Generator().manual_seed(7)                # the same draws of x_t, in the same order
+    expected = np.zeros(3)
+    x0r = (x0 - 1).clamp_min(0)
+    for i, s in enumerate(seqs):                        # prior term: KL(q(x_T | x0) || uniform)
+        for pos in range(len(s)):
+            qT = Qbar[d.T][x0r[i, pos]]
+            expected[i] += sum(v * math.log(v * d.K) for v in qT if v > 0)
+    for t in range(1, d.T + 1):
+        tb = torch.full((3,), t)
+        xt, xtr = d.q_sample(x0, tb, g)
+        with torch.no_grad():
+            p0 = run.model(xt, tb, label, target).double().softmax(-1).numpy()
+        for i, s in enumerate(seqs):
+            for pos in range(len(s)):
+                expected[i] += brute_force_kl(Q, Qbar, int(x0r[i, pos]), int(xtr[i, pos]), t, p0[i, pos])
+    assert np.allclose(got.numpy(), expected, rtol=1e-4, atol=1e-4)
+    assert (got > 0).all()
+
+
+def test_composition_entropy_and_uniform_on_hand_made_sets():
+    assert mc.entropy_bits(mc.composition(["AAAA", "CCCC"])) == pytest.approx(1.0)
+    assert mc.entropy_bits(mc.composition(["ACDE"])) == pytest.approx(2.0)
+    assert mc.entropy_bits(np.ones(20) / 20) == pytest.approx(math.log2(20))
+    assert mc.composition(["AAAX"])[0] == 1.0            # letters outside RESIDUES are not counted
+
+
+def test_js_divergence_known_values():
+    assert mc.js_divergence([1, 0], [1, 0]) == pytest.approx(0.0)
+    assert mc.js_divergence([1, 0], [0, 1]) == pytest.approx(1.0)
+    p, q = np.array([0.5, 0.5]), np.array([1.0, 0.0])
+    m = (p + q) / 2
+    expected = 0.5 * (0.5 * math.log2(0.5 / 0.75) + 0.5 * math.log2(0.5 / 0.25)) + 0.5 * math.log2(1 / 0.75)
+    assert mc.js_divergence(p, q) == pytest.approx(expected)
+
+
+def test_sample_metrics_on_hand_made_samples():
+    samples = ["ACDE", "ACDE", "KKKKK", "ACDXE", "AC"]
+    m = mc.sample_metrics(samples, reference=["ACDE", "KKKKK"], train_set={"ACDE"})
+    assert m["validity"] == pytest.approx(3 / 5)           # X is not a standard residue; AC is too short
+    assert m["uniqueness"] == pytest.approx(4 / 5)
+    assert m["novelty"] == pytest.approx(3 / 4)             # of the unique ones, only ACDE was in training
+    same = mc.sample_metrics(["ACDE", "KKKKK"], reference=["ACDE", "KKKKK"], train_set=set())
+    assert same["js_composition"] == pytest.approx(0, abs=1e-9) and same["js_length"] == pytest.approx(0, abs=1e-9)
+    apart = mc.sample_metrics(["WWWWWWWW"], reference=["AAAA"], train_set=set())
+    assert apart["js_composition"] == pytest.approx(1.0) and apart["js_length"] == pytest.approx(1.0)
+
+
+def test_random_baseline_follows_its_composition_and_lengths():
+    comp = np.zeros(20)
+    comp[[0, 1]] = [0.75, 0.25]
+    lengths = np.zeros(mc.MAX_LEN + 1)
+    lengths[[6, 8]] = 0.5
+    peptides = mc.random_peptides(4000, comp, lengths, seed=0)
+    assert set("".join(peptides)) == {"A", "C"} and {len(p) for p in peptides} == {6, 8}
+    assert mc.composition(peptides)[0] == pytest.approx(0.75, abs=0.02)
+
+
+def test_evaluate_reports_every_figure_with_its_baseline(trained_run, tmp_path):
+    motifs = tmp_path / "motifs.json"
+    kmers = lambda m: "|".join(m[i:i + 3] for i in range(len(m) - 2))     # any 3 letters of the motif
+    motifs.write_text(json.dumps([{"target": t, "regex": kmers(m)} for t, m in FIXTURE_MOTIFS.items()]))
+    report = mc.evaluate(trained_run, n_samples=200, n_per_target=100, motifs=motifs)
+    assert json.loads((trained_run / "evaluation.json").read_text())["guidance"] == report["guidance"]
+    for label in ("0", "1"):
+        lk = report["likelihood"][label]
+        assert lk["uniform_bits"] == pytest.approx(math.log2(20))
+        assert 3.0 < lk["composition_bits"] < lk["uniform_bits"] and lk["bits_per_residue"] > 0
+        s = report["samples"][label]
+        assert s["model"]["n"] == s["random_baseline"]["n"] == 200 and s["model"]["validity"] == 1.0
+    assert set(report["conditioning"]["motifs"]) == set(FIXTURE_MOTIFS)
+    rates = report["conditioning"]["motifs"].values()
+    assert all(m["training_rate"] == 1.0 for m in rates)
+    assert sum(m["target_rate"] for m in rates) > 2 * sum(m["background_rate"] for m in rates) + 0.05
+    text = mc.format_report(report)
+    assert "beat amino-acid composition" in text and "random_baseline" in text and "Q22222" in text
+    fig = mc.plot_evaluation(report, out=tmp_path / "eval.png")
+    assert (tmp_path / "eval.png").stat().st_size > 10_000 and len(fig.axes) == 4
