@@ -115,6 +115,27 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+DDP_TIMEOUT_S = int(os.environ.get("MIMIR_DDP_TIMEOUT", "600"))   # a rank stuck this long fails the run
+
+
+def distributed_setup(device: str = "auto") -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Under torchrun (WORLD_SIZE > 1) joins the process group, NCCL on
+    CUDA and gloo on the CPU, one GPU per local rank; a plain `python` run is rank 0 of 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = pick_device(device)
+    if world == 1:
+        return 0, 1, dev
+    import datetime
+    import torch.distributed as dist
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=DDP_TIMEOUT_S))
+    return dist.get_rank(), dist.get_world_size(), dev
+
+
 def amp_dtype(device: torch.device):
     """Mixed-precision dtype: bf16 on compute capability >= 8.0 (A100), fp16 before (T4), none on CPU.
     torch.cuda.is_bf16_supported() can say yes on a T4 (emulated, slow), so ask for the capability."""
@@ -122,6 +143,22 @@ def amp_dtype(device: torch.device):
         return None
     major, _ = torch.cuda.get_device_capability(device)
     return torch.bfloat16 if major >= 8 else torch.float16
+
+
+def runtime_info(device: str = "auto") -> str:
+    """One paragraph on where training will run: GPU name and memory, precision, or a CPU warning."""
+    dev = pick_device(device)
+    lines = [f"torch {torch.__version__}, python {sys.version.split()[0]}"]
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        precision = {torch.bfloat16: "bf16 mixed precision", torch.float16: "fp16 mixed precision + gradient scaler"}
+        lines.append(f"GPU: {props.name}, {props.total_memory / 2**30:.1f} GiB, compute capability "
+                     f"{props.major}.{props.minor} -> {precision[amp_dtype(dev)]}, fused AdamW, TF32 matmuls")
+    else:
+        lines.append(f"No GPU: training runs on the CPU ({os.cpu_count()} cores) in fp32. Fine for the demo and "
+                     f"the tiny preset; for small/medium/large pick a GPU (Colab: Runtime > Change runtime type "
+                     f"> T4 GPU, or A100 on Colab Pro).")
+    return "\n".join(lines)
 
 
 def log(msg: str) -> None:
@@ -470,18 +507,19 @@ class D3PM:
         unnorm = fact1 * fact2
         return unnorm / unnorm.sum(-1, keepdim=True).clamp_min(1e-30)
 
-    def losses(self, model, x0, label, target_id, generator=None):
+    def losses(self, model, x0, label, target_id, generator=None, part=slice(None)):
         """Training losses for a batch of clean tokens x0 (B, L): ce of the x0 prediction and vb, the KL
-        between true and predicted posteriors, both averaged over residue positions (PAD excluded)."""
-        pad_mask = x0 != PAD
-        x0r = (x0.long() - 1).clamp_min(0)
+        between true and predicted posteriors, both averaged over residue positions (PAD excluded).
+        `part` picks the rows this process scores: data-parallel ranks draw the noise of the whole batch
+        and divide by its residue count, so their summed gradients equal a single process's."""
+        n = (x0 != PAD).sum().clamp_min(1)
         t = torch.randint(1, self.T + 1, (x0.shape[0],), device=x0.device, generator=generator)
         xt, xtr = self.q_sample(x0, t, generator)
+        x0, xt, xtr, t, label, target_id = (v[part] for v in (x0, xt, xtr, t, label, target_id))
+        pad_mask, x0r = x0 != PAD, (x0.long() - 1).clamp_min(0)
         logits = model(xt, t, label, target_id).float()     # (B, L, K)
         ce, vb = self.ce_and_vb(logits, x0r, xtr, t)
-        n = pad_mask.sum().clamp_min(1)
-        ce, vb = (ce * pad_mask).sum() / n, (vb * pad_mask).sum() / n
-        return ce, vb
+        return (ce * pad_mask).sum() / n, (vb * pad_mask).sum() / n
 
     def ce_and_vb(self, logits, x0r, xtr, t):
         """Per-position ce (-log p(x0 | x_t)) and vb (KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t))), (B, L) each.
@@ -629,7 +667,12 @@ class Trainer:
         if ckpt is not None:
             cfg = self._resumed_config(ckpt["config"], cfg)
         self.cfg = cfg
-        self.device = pick_device(cfg.device)
+        self.rank, self.world, self.device = distributed_setup(cfg.device)
+        if cfg.batch_size % self.world:
+            raise ValueError(f"batch size {cfg.batch_size} does not split over {self.world} processes")
+        share = cfg.batch_size // self.world            # this rank's rows of each global batch
+        self.part = slice(self.rank * share, (self.rank + 1) * share) if self.world > 1 else slice(None)
+        self.is_main = self.rank == 0                   # only rank 0 writes logs, plots and checkpoints
         rows = rows if rows is not None else load_rows(cfg.data or None, skip_invalid=skip_invalid)
         self.vocab = Vocab(ckpt["letters"], ckpt["targets"]) if ckpt else Vocab.from_rows(rows)
         if ckpt:
@@ -654,12 +697,18 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.forward = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            self.forward = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        if cfg.compile:
+            self.forward = torch.compile(self.forward)
         self.step, self.epoch, self.best_val, self.history = 0, 0, float("inf"), []
         if ckpt:
             self._restore(ckpt)
         else:
-            torch.manual_seed(cfg.seed)
+            torch.manual_seed(cfg.seed)                 # the same stream on every rank: they share the noise
+        if not ckpt and self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.run_dir / "config.json", asdict(cfg))
             write_json(self.run_dir / "vocab.json", {"letters": self.vocab.letters, "targets": self.vocab.targets})
@@ -711,11 +760,12 @@ class Trainer:
         if self.device.type == "cuda" and ckpt.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng_cuda"], self.device)
         steps_csv = self.run_dir / "history_steps.csv"            # drop steps logged after the checkpoint
-        if steps_csv.exists():
+        if steps_csv.exists() and self.is_main:
             lines = steps_csv.read_text().splitlines()
             kept = [lines[0]] + [ln for ln in lines[1:] if ln and int(ln.split(",")[0]) <= self.step]
             atomic_write(steps_csv, lambda f: f.write(("\n".join(kept) + "\n").encode()))
-        log(f"resuming {self.run_dir} at step {self.step} (epoch {self.epoch + 1})")
+        if self.is_main:
+            log(f"resuming {self.run_dir} at step {self.step} (epoch {self.epoch + 1})")
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -729,6 +779,8 @@ class Trainer:
                 "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
 
     def save(self, best: bool = False):
+        if not self.is_main:
+            return
         ckpt = self.checkpoint()
         atomic_write(self.run_dir / "last.pt", lambda f: torch.save(ckpt, f))
         if best:
@@ -738,12 +790,13 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------
 
     def train_step(self, x0, label, target_id):
-        """One optimizer step. Returns the (ce, vb, loss) tensors; nothing here reads them on the host."""
+        """One optimizer step on a global batch (every rank gets the whole batch and scores its part).
+        Returns this rank's (ce, vb, loss) share; nothing here reads them on the host."""
         label, target_id = drop_condition(label, target_id, self.cfg.cond_drop)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            ce, vb = self.diffusion.losses(self.forward, x0, label, target_id)
+            ce, vb = self.diffusion.losses(self.forward, x0, label, target_id, part=self.part)
         loss = ce + self.cfg.hybrid_coeff * vb
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss * self.world).backward()    # DDP averages gradients over ranks; we want their sum
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.scaler.step(self.optimizer)          # fp16 only: the scaler's inf check is one sync per step
@@ -757,6 +810,8 @@ class Trainer:
         steps), stop on NaN/inf, append them to history_steps.csv and show them on the progress bar."""
         if n == 0:
             return []
+        if self.world > 1:                              # each rank holds its share of every step's loss
+            torch.distributed.all_reduce(buffer[:n])
         values = buffer[:n].tolist()
         first = self.step - n + 1
         for i, (ce, vb, loss) in enumerate(values):
@@ -765,6 +820,8 @@ class Trainer:
                                     f"{self.run_dir}/last.pt keeps the last good state (step "
                                     f"{self._saved_step}). Try a lower --lr.")
         lr = lambda step: self.cfg.lr * lr_at(step - 1, self.cfg, self.total_steps)   # the lr step `step` used
+        if steps_file is None:                          # ranks other than 0 keep no files
+            return values
         steps_file.write("".join(f"{first + i},{self.epoch + 1},{lr(first + i):.6g},{ce:.6g},{vb:.6g},{loss:.6g}\n"
                                  for i, (ce, vb, loss) in enumerate(values)))
         steps_file.flush()
@@ -779,13 +836,13 @@ class Trainer:
             log(f"{self.run_dir}: already trained for {self.step} steps; nothing to do")
             return self.summary()
         from tqdm.auto import tqdm
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not progress, unit="step",
-                   dynamic_ncols=True, file=sys.stderr)
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (progress and self.is_main),
+                   unit="step", dynamic_ncols=True, file=sys.stderr)
         buffer = torch.zeros(cfg.log_every, 3, device=self.device)   # per-step (ce, vb, loss), read every log_every
         n_buf, last_save = 0, time.time()
         self._saved_step = self.step
         self.model.train()
-        steps_file = open(self.run_dir / "history_steps.csv", "a")
+        steps_file = open(self.run_dir / "history_steps.csv", "a") if self.is_main else None
         try:
             while self.step < self.total_steps:
                 perm = epoch_permutation(len(self.train_data), cfg.seed, self.epoch, self.device)
@@ -797,12 +854,12 @@ class Trainer:
                     buffer[n_buf] = self.train_step(*self.train_data.batch(idx))
                     self.step, n_buf = self.step + 1, n_buf + 1
                     bar.update(1)
-                    if n_buf == cfg.log_every or time.time() - last_save > cfg.save_every_minutes * 60:
+                    if n_buf == cfg.log_every:
                         epoch_values += self.flush(buffer, n_buf, steps_file, bar)
                         n_buf = 0
-                    if time.time() - last_save > cfg.save_every_minutes * 60:
-                        self.save()
-                        last_save = time.time()
+                        if self.agree(time.time() - last_save > cfg.save_every_minutes * 60):
+                            self.save()
+                            last_save = time.time()
                     if on_step is not None:
                         on_step(self.step)
                 epoch_values += self.flush(buffer, n_buf, steps_file, bar)
@@ -810,26 +867,39 @@ class Trainer:
                 self.end_epoch(epoch_values, verbose, partial=last < self.steps_per_epoch)
                 last_save = time.time()
         except KeyboardInterrupt:
-            self.flush(buffer, n_buf, steps_file, bar)
-            self.save()
-            log(f"\ninterrupted: saved {self.run_dir}/last.pt at step {self.step}; continue with --resume")
+            if self.world == 1:
+                self.flush(buffer, n_buf, steps_file, bar)
+                self.save()
+                log(f"\ninterrupted: saved {self.run_dir}/last.pt at step {self.step}; continue with --resume")
             raise
         finally:
-            steps_file.close()
+            if steps_file:
+                steps_file.close()
             bar.close()
         return self.summary()
+
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's decision, on every rank (clocks differ; collective calls must not)."""
+        if self.world == 1:
+            return flag
+        flag = torch.tensor([float(flag)], device=self.device)
+        torch.distributed.broadcast(flag, 0)
+        return bool(flag.item())
 
     def end_epoch(self, values: list, verbose: bool, partial: bool = False):
         """Held-out losses, history, plot and checkpoints at the end of an epoch (or of a run that
         max_steps stopped mid-epoch: `partial`)."""
+        number = self.epoch + 1
+        if not partial:
+            self.epoch += 1
+        if not self.is_main:
+            return
         train = np.mean(values, axis=0) if values else [float("nan")] * 3
         val = heldout_losses(self.model, self.diffusion, self.val_data, self.cfg, self.amp) if len(self.val_data) else {}
-        record = {"epoch": self.epoch + 1, "step": self.step, "lr": self.scheduler.get_last_lr()[0],
+        record = {"epoch": number, "step": self.step, "lr": self.scheduler.get_last_lr()[0],
                   "train_ce": float(train[0]), "train_vb": float(train[1]), "train_loss": float(train[2]),
                   **{f"val_{k}": v for k, v in val.items()}, "partial": partial}
         self.history.append(record)
-        if not partial:
-            self.epoch += 1
         val_loss = val.get("loss", record["train_loss"])
         is_best = val_loss < self.best_val
         self.best_val = min(self.best_val, val_loss)
@@ -1206,6 +1276,25 @@ def plot_evaluation(report: dict, out=None):
     return fig
 
 
+def plot_lengths(rows: Rows, out=None):
+    """Length histograms of both labels (fractions), side by side."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3))
+    lengths = np.fromiter(map(len, rows.sequences), dtype=np.int64, count=len(rows.sequences))
+    for label, shift in ((0, -0.2), (1, 0.2)):
+        counts = np.bincount(lengths[rows.labels == label], minlength=MAX_LEN + 1)
+        ax.bar(np.arange(MAX_LEN + 1) + shift, counts / max(counts.sum(), 1), width=0.4,
+               label=f"label {label} ({counts.sum():,} rows)")
+    ax.set_xlim(MIN_LEN - 1, MAX_LEN + 1)
+    ax.set_xlabel("peptide length")
+    ax.set_ylabel("fraction")
+    ax.legend()
+    fig.tight_layout()
+    if out:
+        fig.savefig(out, dpi=100)
+    return fig
+
+
 def plot_convergence(run_dir, out: str | None = None):
     """convergence.png: training ce / vb / loss per step (smoothed) and held-out per epoch, with the
     ln K line (the ce of a uniform guess). Returns the figure."""
@@ -1232,6 +1321,13 @@ def plot_convergence(run_dir, out: str | None = None):
     return fig
 
 
+def zip_run(run_dir) -> Path:
+    """run_dir as a .zip beside it (checkpoints, history, plots), for download."""
+    import shutil
+    run_dir = Path(run_dir)
+    return Path(shutil.make_archive(str(run_dir), "zip", run_dir.parent, run_dir.name))
+
+
 # =============================================================================================
 # Command line
 # =============================================================================================
@@ -1247,12 +1343,20 @@ def cmd_train(args):
                                              "save_every_minutes", "dim", "n_layers", "n_heads", "n_steps",
                                              "hybrid_coeff", "warmup", "cond_drop", "data")}
     overrides["compile"] = args.compile or None
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.batch_size and world > 1:                   # under torchrun --batch-size is per process
+        overrides["batch_size"] = args.batch_size * world
     cfg = make_config(args.preset, **overrides)
     run_dir = run_dir_for(args.run_name or args.preset, args.checkpoint_dir)
-    summary = train(cfg, run_dir, resume=args.resume, skip_invalid=args.skip_invalid,
-                    progress=not args.no_progress, verbose=args.verbose)
-    log(f"done: {summary['step']} steps, best held-out loss {summary['best_val_loss']:.4f}; "
-        f"checkpoints and convergence.png in {run_dir}")
+    try:
+        summary = train(cfg, run_dir, resume=args.resume, skip_invalid=args.skip_invalid,
+                        progress=not args.no_progress, verbose=args.verbose)
+    finally:
+        if world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if summary and int(os.environ.get("RANK", "0")) == 0:
+        log(f"done: {summary['step']} steps, best held-out loss {summary['best_val_loss']:.4f}; "
+            f"checkpoints and convergence.png in {run_dir}")
 
 
 def cmd_generate(args):
@@ -1292,11 +1396,14 @@ def build_parser():
     add_run_args(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --run-name from its last.pt")
     p.add_argument("--skip-invalid", action="store_true", help="train on the valid rows, reporting the rest")
-    for flag, typ in (("--epochs", int), ("--max-steps", int), ("--batch-size", int), ("--lr", float),
+    for flag, typ in (("--epochs", int), ("--max-steps", int), ("--lr", float),
                       ("--seed", int), ("--save-every-minutes", float), ("--dim", int), ("--n-layers", int),
                       ("--n-heads", int), ("--n-steps", int), ("--hybrid-coeff", float), ("--warmup", int),
                       ("--cond-drop", float)):
         p.add_argument(flag, type=typ, default=None, help="override the preset")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="override the preset's batch (256). Under torchrun with N processes each process takes "
+                        "batch/N rows of every global batch; an explicit --batch-size is per process.")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; slower start)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

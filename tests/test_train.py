@@ -84,8 +84,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(fixture
     calls = {"n": 0}
     original = mc.D3PM.losses
 
-    def poisoned(self, model, x0, label, target_id, generator=None):
-        ce, vb = original(self, model, x0, label, target_id, generator)
+    def poisoned(self, model, x0, label, target_id, generator=None, **kw):
+        ce, vb = original(self, model, x0, label, target_id, generator, **kw)
         if generator is None:                           # training steps only, not held-out scoring
             calls["n"] += 1
             if calls["n"] >= 45:
