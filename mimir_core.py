@@ -165,6 +165,20 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def atomic_write(path: Path, write) -> None:
+    """Write through a temporary file and rename it, so a kill never leaves a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+
+
 # =============================================================================================
 # Data: load, validate, tokenize, split
 # =============================================================================================
@@ -323,13 +337,18 @@ def summarize_problems(path, problems: list, limit: int = 20) -> str:
     return "\n".join(out)
 
 
+def check_rows(path) -> tuple[Rows, list, list]:
+    """Parse and check a file: (parsed rows, every problem as (line, reason), indices of bad parsed rows)."""
+    rows, parse_problems = read_rows(path)
+    bad_rows = row_problems(rows)
+    return rows, parse_problems + [(int(rows.lines[i]), reason) for i, reason in bad_rows], bad_rows
+
+
 def load_rows(path=None, skip_invalid: bool = False) -> Rows:
     """Load and validate a dataset (the demo when path is None or ''). Any problem is an error that
     lists them all; with skip_invalid the bad rows are left out and reported on stderr."""
     path = Path(path) if path else DEMO_DATA
-    rows, parse_problems = read_rows(path)
-    bad_rows = row_problems(rows)
-    problems = parse_problems + [(int(rows.lines[i]), reason) for i, reason in bad_rows]
+    rows, problems, bad_rows = check_rows(path)
     if problems and not skip_invalid:
         raise DataError(summarize_problems(path, problems)
                         + "\nFix the file, or pass --skip-invalid to train on the valid rows only.")
@@ -341,6 +360,21 @@ def load_rows(path=None, skip_invalid: bool = False) -> Rows:
     if len(rows.sequences) == 0:
         raise DataError(f"{path}: no valid rows")
     return rows
+
+
+def describe_rows(rows: Rows) -> str:
+    """A short summary: rows per label, targets, and the length distributions of both labels."""
+    n1 = int((rows.labels == 1).sum())
+    targets = {}
+    for t in rows.targets:
+        if t:
+            targets[t] = targets.get(t, 0) + 1
+    top = ", ".join(f"{t} ({n})" for t, n in sorted(targets.items(), key=lambda kv: -kv[1])[:5])
+    lengths = np.fromiter(map(len, rows.sequences), dtype=np.int64, count=len(rows.sequences))
+    hist = [np.bincount(lengths[rows.labels == l], minlength=MAX_LEN + 1) for l in (0, 1)]
+    return (f"{rows.path}: {len(rows.sequences):,} rows: {len(rows.sequences) - n1:,} background (label 0), "
+            f"{n1:,} interacting (label 1) over {len(targets)} targets\n"
+            f"most rows: {top or '-'}\n" + format_length_table(hist[0], hist[1]))
 
 
 def subset_rows(rows: Rows, idx) -> Rows:
@@ -380,6 +414,406 @@ def data_stats(rows: Rows, vocab: Vocab) -> dict:
     composition = np.bincount(tokens.ravel(), minlength=vocab.size)[1:]
     return {"length_counts": by_label, "target_length_counts": by_target,
             "composition": (composition / composition.sum()).tolist(), "rows": len(rows.sequences)}
+
+
+# =============================================================================================
+# Data: build a dataset from protein FASTA files (the real set's recipe), and verify one
+# =============================================================================================
+#
+# Background windows follow the interacting peptides' lengths so that a model cannot separate the two
+# labels by length alone; proteins are visited round-robin so that no single long protein dominates.
+
+_NOT_FASTA_LETTER = re.compile("[^A-Z]")    # sequences may hold any IUPAC letter (X, B, Z, U, ...)
+
+
+def read_fasta(path) -> list[tuple[str, str]]:
+    """[(header without '>', uppercase sequence)] from a .fasta or .fasta.gz file.
+    CRLF line ends and blank lines are fine; anything else odd is a DataError naming the line."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    records, header, header_line, chunks = [], None, 0, []
+
+    def close_record():
+        if header is not None:
+            if not chunks:
+                raise DataError(f"{path}, line {header_line}: record '{header}' has no sequence")
+            records.append((header, "".join(chunks)))
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8", newline=None) as f:   # newline=None folds CRLF to \n
+            for lineno, line in enumerate(f, start=1):
+                line = line.strip()
+                if not line:
+                    continue
+                if line.startswith(">"):
+                    close_record()
+                    header, header_line, chunks = line[1:].strip(), lineno, []
+                    if not header:
+                        raise DataError(f"{path}, line {lineno}: empty header")
+                    continue
+                if header is None:
+                    raise DataError(f"{path}, line {lineno}: sequence before the first '>' header")
+                seq = line.upper()
+                bad = _NOT_FASTA_LETTER.search(seq)
+                if bad:
+                    raise DataError(f"{path}, line {lineno}: '{bad.group()}' at column {bad.start() + 1} "
+                                    f"is not a residue letter")
+                chunks.append(seq)
+            close_record()
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as e:
+        raise DataError(f"{path}: not a readable FASTA file ({e})") from e
+    if not records:
+        raise DataError(f"{path}: no FASTA records")
+    return records
+
+
+def accession(header: str) -> str:
+    """P12345 from a UniProt header 'sp|P12345|NAME_HUMAN ...'; otherwise the header's first word."""
+    first = (header.split() or [""])[0]
+    parts = first.split("|")
+    return parts[1] if len(parts) >= 3 and parts[0] in ("sp", "tr") else first
+
+
+def organism(header: str) -> str:
+    """The OS= field of a UniProt header ('' when there is none)."""
+    m = re.search(r"\bOS=(.*?)(?= [A-Z]{2}=|$)", header)
+    return m.group(1).strip() if m else ""
+
+
+def is_human(header: str) -> bool:
+    return organism(header) == "Homo sapiens"
+
+
+def is_viral(header: str) -> bool:
+    return "virus" in organism(header).lower()      # "Dengue virus 3", "Human herpesvirus 8", ...
+
+
+def write_gzip(path, data: bytes) -> None:
+    """gzip with no file name and mtime 0 in its header, so equal data gives equal bytes; atomic."""
+    def write(raw):
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as f:
+            f.write(data)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(Path(path), write)
+
+
+def subset_fasta(src, dst, predicate) -> int:
+    """Copy the records of `src` whose header satisfies `predicate` to the gzipped FASTA `dst`
+    (headers kept, 60 residues a line). Returns how many were kept."""
+    kept = [(h, s) for h, s in read_fasta(src) if predicate(h)]
+    text = "".join(f">{h}\n" + "".join(s[i:i + 60] + "\n" for i in range(0, len(s), 60)) for h, s in kept)
+    write_gzip(dst, text.encode())
+    return len(kept)
+
+
+# --- interacting peptides: measured pairs, or motif-derived stand-ins ---------------------------
+
+MOTIF_WINDOW = (8, 15)      # motif-derived peptides are 8-15 residues, the bulk of measured SLiM peptides
+
+
+def read_motifs(path) -> list[dict]:
+    """Motif classes from a JSON list of {"target", "elm_class", "description", "regex", "anchor"}.
+    A c_terminal regex must end with '$' so it can only match at the protein's last residue."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    try:
+        motifs = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(motifs, list) or not motifs:
+        raise DataError(f"{path}: expected a non-empty list of motif classes")
+    for i, m in enumerate(motifs):
+        where = f"{path}, motif {i + 1}"
+        if not isinstance(m, dict) or not m.get("target") or not m.get("regex"):
+            raise DataError(f"{where}: needs a 'target' and a 'regex'")
+        if m.get("anchor", "internal") not in ("internal", "c_terminal"):
+            raise DataError(f"{where}: anchor '{m['anchor']}' is not 'internal' or 'c_terminal'")
+        if m.get("anchor") == "c_terminal" and not m["regex"].endswith("$"):
+            raise DataError(f"{where}: a c_terminal regex must end with '$'")
+        try:
+            re.compile(m["regex"])
+        except re.error as e:
+            raise DataError(f"{where}: bad regex '{m['regex']}' ({e})") from e
+    return motifs
+
+
+def motif_peptides(proteins, motifs, rng, per_class_max: int = 150, windows_per_match: int = 3) -> list:
+    """[(target, peptide, source accession)]: for each motif class, windows cut around its regex matches.
+
+    Matches are visited in a random order; each gives a window of 8-15 residues (longer when the
+    match is) that contains it, at a random offset. C-terminal classes end their window at the
+    protein's last residue, and skip sequences UniProt marks '(Fragment)', whose last residue is not
+    a real C-terminus. When a class has fewer matches than per_class_max, later rounds cut windows of
+    other lengths from the same matches (up to windows_per_match each), as overlapping peptide
+    libraries do. Windows with non-standard letters are skipped; peptides are unique within a class."""
+    standard = set(RESIDUES)
+    rows = []
+    for m in motifs:
+        pattern, c_term = re.compile(m["regex"]), m.get("anchor") == "c_terminal"
+        hits = []                                        # (protein index, match start, match end)
+        for p, (header, seq) in enumerate(proteins):
+            if c_term:
+                if "(Fragment)" in header:
+                    continue
+                hit = pattern.search(seq)
+                if hit and hit.end() == len(seq):
+                    hits.append((p, hit.start(), hit.end()))
+            else:
+                hits += [(p, h.start(), h.end()) for h in pattern.finditer(seq)]
+        order, seen, made = rng.permutation(len(hits)), set(), 0
+        for _ in range(windows_per_match):
+            for k in order:
+                if made >= per_class_max:
+                    break
+                p, start, end = hits[k]
+                seq = proteins[p][1]
+                length = min(max(int(rng.integers(MOTIF_WINDOW[0], MOTIF_WINDOW[1] + 1)), end - start), len(seq))
+                if length < max(MIN_LEN, end - start) or length > MAX_LEN:
+                    continue
+                if c_term:
+                    left = len(seq) - length
+                else:                                    # any offset that keeps the whole match inside
+                    left = int(rng.integers(max(0, end - length), min(start, len(seq) - length) + 1))
+                pep = seq[left:left + length]
+                if pep in seen or not set(pep) <= standard:
+                    continue
+                seen.add(pep)
+                rows.append((m["target"], pep, accession(proteins[p][0])))
+                made += 1
+    return rows
+
+
+def read_interactions(path) -> list:
+    """[(target, peptide, source)] from a CSV with header target,sequence[,source]."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        header = [h.strip().lower() for h in next(reader, [])]
+        if header not in (["target", "sequence"], ["target", "sequence", "source"]):
+            raise DataError(f"{path}, line 1: bad header {','.join(header) or '(empty)'}; "
+                            f"expected target,sequence with an optional source column")
+        for lineno, row in enumerate(reader, start=2):
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != len(header):
+                raise DataError(f"{path}, line {lineno}: {len(row)} fields, expected {len(header)}")
+            target, seq = row[0].strip(), row[1].strip().upper()
+            if not target:
+                raise DataError(f"{path}, line {lineno}: no target")
+            if _NOT_FASTA_LETTER.search(seq) or not MIN_LEN <= len(seq) <= MAX_LEN:
+                raise DataError(f"{path}, line {lineno}: '{seq}' is not a peptide of {MIN_LEN}-{MAX_LEN} letters")
+            rows.append((target, seq, row[2].strip() if len(row) > 2 else ""))
+    return rows
+
+
+# --- background windows ----------------------------------------------------------------------
+
+BACKGROUND_TRIES = 30       # random draws per row before it is filled by a scan of the cycle
+
+
+def background_windows(proteins, n: int, length_probs, exclude, rng) -> tuple[list, int]:
+    """([(window, source accession)] * n, windows skipped for non-residue letters).
+
+    Each row first gets a length drawn from length_probs (over lengths 0..MAX_LEN), then a protein:
+    row i goes to the (i mod P)-th protein of a shuffled cycle, so every protein supplies the same
+    number of rows (+-1); a protein shorter than the row hands it to the next one in the cycle that is
+    long enough. Within its protein a row takes a random window that has only standard residues
+    (others are skipped and counted), is new, and is not in `exclude`. A row that finds no such
+    window in BACKGROUND_TRIES draws (its protein is nearly used up) takes a free window found by
+    scanning its protein, then the next ones in the cycle; a DataError says when none is left."""
+    probs = np.asarray(length_probs, dtype=float)
+    if probs.shape != (MAX_LEN + 1,) or (probs < 0).any() or probs.sum() <= 0 or probs[:MIN_LEN].any():
+        raise DataError(f"length_probs must be {MAX_LEN + 1} non-negative weights with mass only on "
+                        f"lengths {MIN_LEN}-{MAX_LEN}")
+    if n <= 0:
+        return [], 0
+    if not proteins:
+        raise DataError(f"no proteins to cut {n} background windows from")
+    seqs = [s for _, s in proteins]
+    lens = np.array([len(s) for s in seqs], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    buf = np.frombuffer("".join(seqs).encode("ascii"), dtype=np.uint8)
+    standard = np.zeros(256, dtype=bool)
+    standard[np.frombuffer(RESIDUES.encode(), dtype=np.uint8)] = True
+
+    # lengths first (so they follow length_probs exactly as drawn), then the round-robin owner
+    lengths = rng.choice(MAX_LEN + 1, size=n, p=probs / probs.sum())
+    cycle = rng.permutation(len(proteins))
+    slot = np.arange(n) % len(cycle)
+    owner_slot = np.empty(n, dtype=np.int64)          # position in the cycle of each row's protein
+    for length in np.unique(lengths):
+        rows = np.flatnonzero(lengths == length)
+        fits = np.flatnonzero(lens[cycle] >= length)
+        if fits.size == 0:
+            raise DataError(f"no protein is {length} residues long, so no background window of that length")
+        owner_slot[rows] = fits[np.searchsorted(fits, slot[rows]) % fits.size]
+
+    windows, sources = [None] * n, [None] * n
+    taken, skipped = set(), 0
+    pending = np.arange(n)
+    for _ in range(BACKGROUND_TRIES):
+        if pending.size == 0:
+            break
+        retry = []
+        for length in np.unique(lengths[pending]):
+            rows = pending[lengths[pending] == length]
+            prot = cycle[owner_slot[rows]]
+            starts = offsets[prot] + rng.integers(0, lens[prot] - length + 1)
+            cut = buf[starts[:, None] + np.arange(length)]               # (rows, length) letters
+            clean = standard[cut].all(axis=1)
+            skipped += int((~clean).sum())
+            words = cut.view(f"S{length}").ravel().astype(f"U{length}").tolist()
+            for i, w, ok, p in zip(rows.tolist(), words, clean.tolist(), prot.tolist()):
+                if ok and w not in taken and w not in exclude:
+                    taken.add(w)
+                    windows[i], sources[i] = w, p
+                else:
+                    retry.append(i)
+        pending = np.array(sorted(retry), dtype=np.int64)
+
+    # Rows still open: their protein is (nearly) used up. Scan the cycle onward for a free window.
+    free, letters = {}, set(RESIDUES)                   # (protein, length) -> its windows, shuffled
+    for i in pending.tolist():
+        length = int(lengths[i])
+        for step in range(len(cycle)):
+            p = int(cycle[(owner_slot[i] + step) % len(cycle)])
+            if lens[p] < length:
+                continue
+            if (p, length) not in free:
+                seq = seqs[p]
+                cand = [seq[j:j + length] for j in range(len(seq) - length + 1)]
+                free[(p, length)] = [cand[j] for j in rng.permutation(len(cand))]
+            pool = free[(p, length)]
+            while pool and (pool[-1] in taken or pool[-1] in exclude or not set(pool[-1]) <= letters):
+                pool.pop()
+            if pool:
+                w = pool.pop()
+                taken.add(w)
+                windows[i], sources[i] = w, p
+                break
+        else:
+            raise DataError(f"the {len(proteins)} proteins cannot supply {n} unique background windows "
+                            f"(ran out at length {length}); give more proteins or ask for fewer rows")
+    names = [accession(h) for h, _ in proteins]
+    return [(w, names[p]) for w, p in zip(windows, sources)], skipped
+
+
+# --- length checks (the verifier's report) ---------------------------------------------------
+
+MAX_LENGTH_TV = 0.05
+
+
+def length_histogram(sequences) -> np.ndarray:
+    """Counts of sequences by length, over lengths 0..MAX_LEN."""
+    counts = np.bincount([len(s) for s in sequences], minlength=MAX_LEN + 1)
+    if counts.size > MAX_LEN + 1:
+        raise DataError(f"a sequence is longer than {MAX_LEN}")
+    return counts
+
+
+def length_distributions_match(c0, c1, max_tv: float = MAX_LENGTH_TV) -> tuple[bool, float]:
+    """(total-variation distance < max_tv, the distance) between two length histograms.
+    With balanced labels a classifier that sees only the length is right at most (1 + TV) / 2 of the
+    time, so 0.05 caps that shortcut at 52.5%. Background drawn from the label-1 distribution differs
+    from it by sampling noise only: about 0.005 for 40,000 rows over 8 lengths."""
+    p0 = np.asarray(c0, float) / max(np.sum(c0), 1)
+    p1 = np.asarray(c1, float) / max(np.sum(c1), 1)
+    tv = 0.5 * float(np.abs(p0 - p1).sum())
+    return tv < max_tv, tv
+
+
+def format_length_table(counts_label0, counts_label1) -> str:
+    """Side-by-side length counts and fractions of both labels, with their total-variation distance."""
+    c0, c1 = np.asarray(counts_label0), np.asarray(counts_label1)
+    n0, n1 = max(c0.sum(), 1), max(c1.sum(), 1)
+    out = [f"{'length':>6} {'label 0':>9} {'frac':>7} {'label 1':>9} {'frac':>7}"]
+    for k in range(len(c0)):
+        if c0[k] or c1[k]:
+            out.append(f"{k:>6} {c0[k]:>9} {c0[k] / n0:>7.4f} {c1[k]:>9} {c1[k] / n1:>7.4f}")
+    ok, tv = length_distributions_match(c0, c1)
+    out.append(f"{'total':>6} {c0.sum():>9} {'':>7} {c1.sum():>9}")
+    out.append(f"total-variation distance {tv:.4f} ({'below' if ok else 'NOT below'} {MAX_LENGTH_TV})")
+    return "\n".join(out)
+
+
+def verify_data(path) -> tuple[bool, str]:
+    """The contract checks training runs, plus whether both labels' length distributions match.
+    Returns (everything holds, a readable report)."""
+    rows, problems, _ = check_rows(path)
+    lengths = np.fromiter(map(len, rows.sequences), dtype=np.int64, count=len(rows.sequences))
+    lengths_ok, tv = length_distributions_match(*(np.bincount(lengths[rows.labels == l], minlength=MAX_LEN + 1)
+                                                  for l in (0, 1)))
+    verdict = [summarize_problems(path, problems) if problems else
+               f"contract: all {len(rows.sequences):,} rows hold (labels, targets, letters, lengths 4-20, "
+               f"unique rows, no background sequence equal to an interacting one)",
+               f"length distributions {'match' if lengths_ok else 'DO NOT match'} (total variation {tv:.4f})"]
+    return not problems and lengths_ok, describe_rows(rows) + "\n" + "\n".join(verdict)
+
+
+# --- the builder -----------------------------------------------------------------------------
+
+
+def build_dataset(out_path, human_fastas, viral_fastas, other_fastas=(), interactions_csv=None,
+                  motifs_path=None, n_human: int = 500_000, n_viral: int = 500_000, seed: int = 0) -> dict:
+    """Write the `label,target,sequence,source` CSV (gzipped when out_path ends in .gz) and return a
+    summary. Label-1 rows: the interactions CSV, then motif-derived peptides from all the proteins.
+    Background: n_human windows from the human files and the other (non-viral) files pooled, n_viral
+    from the viral files, none equal to a label-1 peptide or to each other. Same inputs and seed,
+    same bytes."""
+    t0 = time.perf_counter()
+    rng_motif, rng_human, rng_viral = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+    human = [r for f in [*human_fastas, *other_fastas] for r in read_fasta(f)]
+    viral = [r for f in viral_fastas for r in read_fasta(f)]
+
+    positives = list(read_interactions(interactions_csv)) if interactions_csv else []
+    if motifs_path:
+        positives += motif_peptides(human + viral, read_motifs(motifs_path), rng_motif)
+    unique, seen = [], set()
+    for row in positives:                               # each (target, peptide) pair once; the first wins
+        if row[:2] not in seen:
+            seen.add(row[:2])
+            unique.append(row)
+    positives = unique
+    if not positives:
+        raise DataError("no interacting peptides: give an interactions CSV, a motifs JSON, or both")
+    peptides = [s for _, s, _ in positives]
+    length_counts = length_histogram(peptides)
+
+    exclude = set(peptides)
+    human_rows, human_skipped = background_windows(human, n_human, length_counts, exclude, rng_human)
+    exclude |= {w for w, _ in human_rows}
+    viral_rows, viral_skipped = background_windows(viral, n_viral, length_counts, exclude, rng_viral)
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["label", "target", "sequence", "source"])
+    w.writerows((1, t, s, src) for t, s, src in positives)
+    w.writerows((0, "", s, src) for s, src in human_rows + viral_rows)
+    out_path = Path(out_path)
+    if out_path.suffix == ".gz":
+        write_gzip(out_path, buf.getvalue().encode())
+    else:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(buf.getvalue())
+
+    per_target = {}
+    for t, _, _ in positives:
+        per_target[t] = per_target.get(t, 0) + 1
+    background_counts = length_histogram([s for s, _ in human_rows + viral_rows])
+    return {"out": str(out_path), "seed": seed, "n_interacting": len(positives), "per_target": per_target,
+            "n_human": len(human_rows), "n_viral": len(viral_rows),
+            "n_human_proteins": len(human), "n_viral_proteins": len(viral),
+            "skipped_nonresidue": {"human": human_skipped, "viral": viral_skipped},
+            "length_tv": length_distributions_match(background_counts, length_counts)[1],
+            "length_table": format_length_table(background_counts, length_counts),
+            "seconds": round(time.perf_counter() - t0, 2)}
 
 
 # =============================================================================================
@@ -621,20 +1055,6 @@ def heldout_losses(model, diffusion: D3PM, data: DeviceData, cfg: Config, amp=No
 # --- run directory -------------------------------------------------------------------------
 
 
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file and rename it, so a kill never leaves a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
-
-
 def load_checkpoint(path) -> dict:
     """Load a checkpoint safely (weights_only: a downloaded file cannot run code) and check its format."""
     path = Path(path)
@@ -795,7 +1215,7 @@ class Trainer:
         label, target_id = drop_condition(label, target_id, self.cfg.cond_drop)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             ce, vb = self.diffusion.losses(self.forward, x0, label, target_id, part=self.part)
-        loss = ce + self.cfg.hybrid_coeff * vb
+        loss = ce + self.cfg.hybrid_coeff * vb if self.cfg.hybrid_coeff else ce   # no backward through an unused vb
         self.scaler.scale(loss * self.world).backward()    # DDP averages gradients over ranks; we want their sum
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -1114,15 +1534,8 @@ def random_peptides(n: int, comp, length_p, seed: int = 0) -> list:
 
 
 def load_motifs(path=DEMO_MOTIFS) -> dict:
-    """target -> compiled regex, from a motifs JSON (list of {"target", "regex", "anchor"?})."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    motifs = {}
-    for m in json.loads(path.read_text()):
-        pattern = m["regex"] + ("$" if m.get("anchor") == "c_terminal" and not m["regex"].endswith("$") else "")
-        motifs[m["target"]] = re.compile(pattern)
-    return motifs
+    """target -> compiled regex, from a motifs JSON (see read_motifs)."""
+    return {m["target"]: re.compile(m["regex"]) for m in read_motifs(path)}
 
 
 def evaluate(run_dir, data=None, n_samples: int = 1000, n_per_target: int = 200, seed: int = 0,
@@ -1376,6 +1789,23 @@ def cmd_evaluate(args):
     log(f"wrote evaluation.json and evaluation.png in {report['run_dir']}")
 
 
+def cmd_build_dataset(args):
+    s = build_dataset(args.out, args.human, args.viral, args.other, args.interactions, args.motifs,
+                      args.n_human, args.n_viral, args.seed)
+    print(f"wrote {s['out']} in {s['seconds']} s: {s['n_interacting']} interacting peptides "
+          f"({', '.join(f'{t} {n}' for t, n in s['per_target'].items())}), "
+          f"{s['n_human']} human + {s['n_viral']} viral background windows "
+          f"({s['skipped_nonresidue']['human'] + s['skipped_nonresidue']['viral']} windows with "
+          f"non-residue letters skipped)")
+    print(s["length_table"])
+
+
+def cmd_verify_data(args):
+    ok, report = verify_data(args.path)
+    print(report)
+    sys.exit(0 if ok else 1)
+
+
 def cmd_presets(args):
     vocab = Vocab(RESIDUES + RARE_RESIDUES[: max(0, args.vocab_size - 1 - len(RESIDUES))],
                   [f"T{i}" for i in range(args.num_targets)])
@@ -1435,6 +1865,22 @@ def build_parser():
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("verify-data", help="check a dataset against the contract; exit 0 only if all holds")
+    p.add_argument("path", help="CSV or CSV.gz with header label,target,sequence[,source]")
+    p.set_defaults(func=cmd_verify_data)
+
+    p = sub.add_parser("build-dataset", help="build a dataset from protein FASTA files (the real set's recipe)")
+    p.add_argument("--human", nargs="+", default=[], help="human protein FASTA file(s) (.gz ok)")
+    p.add_argument("--viral", nargs="+", default=[], help="viral protein FASTA file(s)")
+    p.add_argument("--other", nargs="+", default=[], help="more non-viral FASTA files, pooled with --human")
+    p.add_argument("--interactions", default=None, help="CSV target,sequence[,source] of interacting peptides")
+    p.add_argument("--motifs", default=None, help="motif classes JSON; their windows become label-1 rows")
+    p.add_argument("--n-human", type=int, default=500_000, help="background windows from human (+other) proteins")
+    p.add_argument("--n-viral", type=int, default=500_000, help="background windows from viral proteins")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output CSV (.csv or .csv.gz)")
+    p.set_defaults(func=cmd_build_dataset)
 
     p = sub.add_parser("presets", help="print each preset's settings and parameter count as JSON")
     p.add_argument("--vocab-size", type=int, default=25, help="tokens including PAD (real data: 25)")

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -121,13 +123,16 @@ mc.plot_lengths(rows);
 # this cell with the same `RUN_NAME` resumes the run instead of starting over.
 
 # %%
-if SAVE_TO_DRIVE:
+if SAVE_TO_DRIVE and IN_COLAB:
     from google.colab import drive
     drive.mount("/content/drive")
     CHECKPOINT_DIR = "/content/drive/MyDrive/mimir/checkpoints"
 else:
     CHECKPOINT_DIR = str(Path(mc.__file__).parent / "checkpoints")
-run_dir = mc.run_dir_for(RUN_NAME if not SMOKE else "notebook_smoke", CHECKPOINT_DIR)
+if SMOKE:                                           # test runs leave nothing behind in the repository
+    import tempfile
+    CHECKPOINT_DIR = tempfile.mkdtemp()
+run_dir = mc.run_dir_for(RUN_NAME, CHECKPOINT_DIR)
 cfg = mc.make_config(PRESET, data=DATA_PATH, epochs=EPOCHS or None, max_steps=MAX_STEPS or None,
                      save_every_minutes=5)
 summary = mc.train(cfg, run_dir, resume=True, verbose=True)
@@ -157,8 +162,11 @@ GUIDANCE = 1.0  # @param {type:"number"}
 
 model = mc.load_run(run_dir)
 target = TARGET or model.vocab.targets[0]
-for title, kwargs in (("interacting (any target)", dict(label=1)), (f"for target {target}", dict(target=target))):
-    peptides = mc.generate(model, n=10, min_length=MIN_LENGTH, max_length=MAX_LENGTH, guidance=GUIDANCE, **kwargs)
+for seed, (title, condition) in enumerate((("interacting, any target", dict(label=1)),
+                                           (f"interacting with {target}", dict(target=target)),
+                                           ("background", dict(label=0)))):
+    peptides = mc.generate(model, n=10, min_length=MIN_LENGTH, max_length=MAX_LENGTH, guidance=GUIDANCE,
+                           seed=seed, **condition)
     print(f"{title}:\n  " + "  ".join(peptides))
 
 # %% [markdown]
