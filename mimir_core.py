@@ -821,6 +821,27 @@ def build_dataset(out_path, human_fastas, viral_fastas, other_fastas=(), interac
 # =============================================================================================
 
 
+class Residues:
+    """Where the residues sit in a padded batch (B, L), so that the position-wise layers (projections,
+    MLPs, LayerNorms, the head: nearly all the FLOPs) can run on residue rows only. Short peptides are
+    mostly PAD: on lengths 4-20 about 40% of a padded batch. Only attention needs the (B, L) grid.
+    Packing has a data-dependent size (a host sync on a GPU, a recompile under torch.compile), so it is
+    used on the CPU; on a GPU every tensor keeps its static padded shape."""
+
+    def __init__(self, pad_mask, packed: bool):
+        self.shape = pad_mask.shape
+        self.index = pad_mask.flatten().nonzero().squeeze(1) if packed else None    # (N,) flat positions
+
+    def pack(self, h):                                  # (B, L, D) -> (N, D) residue rows
+        return h if self.index is None else h.flatten(0, 1).index_select(0, self.index)
+
+    def unpack(self, h):                                # (N, D) -> (B, L, D), zeros at PAD
+        if self.index is None:
+            return h
+        grid = h.new_zeros(self.shape[0] * self.shape[1], h.shape[-1]).index_copy_(0, self.index, h)
+        return grid.view(*self.shape, h.shape[-1])
+
+
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, n_heads: int, dropout: float):
         super().__init__()
@@ -828,12 +849,14 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x, attn_mask):                   # x: (B, L, D); attn_mask: (B, 1, 1, L) True = attend
-        B, L, D = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+    def forward(self, x, attn_mask, res: Residues):    # x: residue rows; attn_mask: (B, 1, 1, L) True = attend
+        B, L = res.shape
+        D = x.shape[-1]
+        qkv = res.unpack(self.qkv(x)).view(B, L, 3, self.n_heads, D // self.n_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)            # (B, H, L, D / H) each
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(y.transpose(1, 2).reshape(B, L, D))
+        return self.proj(res.pack(y.transpose(1, 2).reshape(B, L, D)))
 
 
 class Block(nn.Module):
@@ -843,8 +866,8 @@ class Block(nn.Module):
         self.attn = SelfAttention(dim, n_heads, dropout)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
 
-    def forward(self, x, attn_mask):
-        x = x + self.attn(self.ln1(x), attn_mask)
+    def forward(self, x, attn_mask, res: Residues):
+        x = x + self.attn(self.ln1(x), attn_mask, res)
         return x + self.mlp(self.ln2(x))
 
 
@@ -882,13 +905,14 @@ class X0Transformer(nn.Module):
 
     def forward(self, xt, t, label, target_id):
         pad_mask = xt != PAD                                        # (B, L)
+        res = Residues(pad_mask, packed=xt.device.type == "cpu")
         cond = self.time_mlp(timestep_embedding(t, self.dim)) + self.label_emb(label) + self.target_emb(target_id)
         pos = torch.arange(xt.shape[1], device=xt.device)
-        h = self.tok_emb(xt) + self.pos_emb(pos)[None] + cond[:, None, :]
+        h = res.pack(self.tok_emb(xt) + self.pos_emb(pos)[None] + cond[:, None, :])
         attn_mask = pad_mask[:, None, None, :]                      # residues never attend to PAD
         for block in self.blocks:
-            h = block(h, attn_mask)
-        return self.head(self.ln_f(h))
+            h = block(h, attn_mask, res)
+        return res.unpack(self.head(self.ln_f(h)))                  # (B, L, K); PAD positions hold 0
 
 
 def count_params(model: nn.Module) -> int:
@@ -933,12 +957,17 @@ class D3PM:
         return torch.where(x0 != PAD, xtr + 1, PAD), xtr
 
     def posterior(self, xtr, t, x0_probs):
-        """q(x_{t-1} | x_t, x0) for x0 given as probabilities (B, L, K) (one-hot for the truth, the model's
-        softmax for p(x_{t-1} | x_t) = sum_x0 q(x_{t-1} | x_t, x0) p(x0 | x_t)). Bayes:
-        q(x_{t-1} | x_t, x0) ∝ q(x_t | x_{t-1}) q(x_{t-1} | x0)."""
-        fact1 = self.Q[t[:, None], :, xtr]                                  # (B, L, K): q(x_t | x_{t-1}=j)
-        fact2 = torch.einsum("blk,bkj->blj", x0_probs, self.Qbar[t - 1])    # (B, L, K): q(x_{t-1}=j | x0)
-        unnorm = fact1 * fact2
+        """q(x_{t-1} | x_t, x0) for x0 given as probabilities (B, L, K): the model's softmax gives
+        p(x_{t-1} | x_t) = sum_x0 q(x_{t-1} | x_t, x0) p(x0 | x_t)."""
+        return self._bayes(xtr, t, torch.einsum("blk,bkj->blj", x0_probs, self.Qbar[t - 1]))
+
+    def true_posterior(self, xtr, t, x0r):
+        """q(x_{t-1} | x_t, x0) for known residues x0r (B, L): posterior() of a one-hot x0, as a gather."""
+        return self._bayes(xtr, t, self.Qbar[t[:, None] - 1, x0r])
+
+    def _bayes(self, xtr, t, prev_probs):
+        """q(x_{t-1} = j | x_t, .) ∝ q(x_t | x_{t-1} = j) * prev_probs[..., j], prev_probs (B, L, K)."""
+        unnorm = self.Q[t[:, None], :, xtr] * prev_probs                   # Q[t][j, x_t] for every j
         return unnorm / unnorm.sum(-1, keepdim=True).clamp_min(1e-30)
 
     def losses(self, model, x0, label, target_id, generator=None, part=slice(None)):
@@ -958,8 +987,8 @@ class D3PM:
     def ce_and_vb(self, logits, x0r, xtr, t):
         """Per-position ce (-log p(x0 | x_t)) and vb (KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t))), (B, L) each.
         At t = 1 the true posterior is x0 itself, so vb is the reconstruction term -log p(x0 | x_1)."""
-        ce = F.cross_entropy(logits.transpose(1, 2), x0r, reduction="none")
-        q_post = self.posterior(xtr, t, F.one_hot(x0r, self.K).float())
+        ce = F.cross_entropy(logits.flatten(0, 1), x0r.flatten(), reduction="none").view_as(x0r)
+        q_post = self.true_posterior(xtr, t, x0r)
         p_post = self.posterior(xtr, t, logits.softmax(-1))
         vb = (torch.special.xlogy(q_post, q_post) - q_post * p_post.clamp_min(1e-30).log()).sum(-1)
         return ce, vb
@@ -989,11 +1018,11 @@ def build_model(cfg: Config, vocab: Vocab, device) -> X0Transformer:
     return X0Transformer(cfg, vocab.size, vocab.num_targets).to(device)
 
 
-def make_optimizer(model, cfg: Config, device):
+def make_optimizer(model, cfg: Config):
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99), fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99), fused=True)   # one kernel for all tensors
 
 
 def drop_condition(label, target_id, p: float):
@@ -1105,7 +1134,7 @@ class Trainer:
 
         self.diffusion = D3PM(len(self.vocab.letters), cfg.n_steps, self.device)
         self.model = build_model(cfg, self.vocab, self.device)
-        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.optimizer = make_optimizer(self.model, cfg)
         self.steps_per_epoch = max(1, len(self.train_data) // cfg.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps:
@@ -1169,8 +1198,6 @@ class Trainer:
         except RuntimeError as e:
             raise DataError(f"{self.run_dir}/last.pt does not fit this model config: {e}") from e
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        for group in self.optimizer.param_groups:          # a CUDA checkpoint may resume on the CPU
-            group["fused"] = self.device.type == "cuda"
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -1406,27 +1433,31 @@ def sample_tokens(run: Run, lengths, label: int, target_id: int, guidance: float
                   standard_only: bool = True, generator=None):
     """Reverse diffusion for peptides of the given lengths (n,). Starts from uniform noise on residue
     positions (q(x_T) is uniform) and draws x_{t-1} ~ p(x_{t-1} | x_t) down to x0. Guidance S mixes the
-    conditional and unconditional x0 log-probs: (1 + S) * cond - S * uncond. Returns tokens (n, MAX_LEN)."""
+    conditional and unconditional x0 log-probs, (1 + S) * cond - S * uncond, both from one forward pass
+    over 2n rows. Columns past the longest peptide are never computed. Returns tokens (n, MAX_LEN)."""
     dev, K, T = run.device, run.diffusion.K, run.diffusion.T
-    n = len(lengths)
-    pad_mask = torch.arange(MAX_LEN, device=dev)[None] < torch.as_tensor(lengths, device=dev)[:, None]
+    lengths = np.asarray(lengths)
+    n, width = len(lengths), int(lengths.max())
+    pad_mask = torch.arange(width, device=dev)[None] < torch.as_tensor(lengths, device=dev)[:, None]
     label_t = torch.full((n,), label, device=dev)
     target_t = torch.full((n,), target_id, device=dev)
+    if guidance:                                            # rows n..2n-1: the unconditional twin
+        label_t = torch.cat([label_t, torch.full_like(label_t, UNKNOWN_LABEL)])
+        target_t = torch.cat([target_t, torch.full_like(target_t, UNKNOWN_TARGET)])
     blocked = torch.zeros(K, dtype=torch.bool, device=dev)
     if standard_only:                                       # no X / B / Z / U in generated peptides
         blocked = torch.tensor([c not in RESIDUES for c in run.vocab.letters], device=dev)
-    xtr = torch.randint(0, K, (n, MAX_LEN), device=dev, generator=generator)
+    xtr = torch.randint(0, K, (n, width), device=dev, generator=generator)
     for t in range(T, 0, -1):
-        t_b = torch.full((n,), t, device=dev)
         xt = torch.where(pad_mask, xtr + 1, PAD)
-        logp = run.model(xt, t_b, label_t, target_t).float().log_softmax(-1)
+        xt = torch.cat([xt, xt]) if guidance else xt
+        logp = run.model(xt, torch.full((len(xt),), t, device=dev), label_t, target_t).float().log_softmax(-1)
         if guidance:
-            uncond = run.model(xt, t_b, torch.full_like(label_t, UNKNOWN_LABEL),
-                               torch.full_like(target_t, UNKNOWN_TARGET)).float().log_softmax(-1)
-            logp = (1 + guidance) * logp - guidance * uncond
+            cond, uncond = logp.chunk(2)
+            logp = (1 + guidance) * cond - guidance * uncond
         p0 = logp.masked_fill(blocked, -float("inf")).softmax(-1)
-        xtr = sample_categorical(run.diffusion.posterior(xtr, t_b, p0), generator)
-    return torch.where(pad_mask, xtr + 1, PAD).cpu()
+        xtr = sample_categorical(run.diffusion.posterior(xtr, torch.full((n,), t, device=dev), p0), generator)
+    return F.pad(torch.where(pad_mask, xtr + 1, PAD), (0, MAX_LEN - width), value=PAD).cpu()
 
 
 DEFAULT_GUIDANCE = 1.0
