@@ -103,3 +103,11 @@ def test_losses_ignore_pad_positions(d3pm):
     b = d3pm.losses(Fixed(torch.randn(K) * 9), *args, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(a[0], b[0]) and torch.allclose(a[1], b[1])
     assert abs(a[0].item() - torch.log(torch.tensor(float(K))).item()) < 1e-5   # uniform guess: ce = ln K
+
+
+def test_true_posterior_is_the_one_hot_posterior(d3pm):
+    torch.manual_seed(0)
+    x0r, xtr = torch.randint(0, K, (5, 7)), torch.randint(0, K, (5, 7))
+    t = torch.randint(1, T + 1, (5,))
+    one_hot = torch.nn.functional.one_hot(x0r, K).float()
+    assert torch.allclose(d3pm.true_posterior(xtr, t, x0r), d3pm.posterior(xtr, t, one_hot), atol=1e-6)

@@ -143,3 +143,28 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         mc.atomic_write(path, dies)
     assert path.read_bytes() == b"old"
+
+
+def test_mixed_precision_covers_the_model_forward_and_not_the_loss_math(fixture_csv, tmp_path, monkeypatch):
+    """The CUDA path's autocast, exercised on the CPU with bf16: the model runs in low precision, the
+    posteriors and losses in fp32, and the step still trains."""
+    monkeypatch.setattr(mc, "amp_dtype", lambda device: torch.bfloat16)
+    trainer = mc.Trainer(tiny(fixture_csv, max_steps=5), tmp_path / "run")
+    seen = {}
+    model_forward, loss_math = mc.X0Transformer.forward, mc.D3PM.ce_and_vb
+
+    def forward_spy(self, *args):
+        out = model_forward(self, *args)
+        seen["model"] = (torch.is_autocast_enabled("cpu"), out.dtype)
+        return out
+
+    def loss_spy(self, logits, *args):
+        seen["loss"] = (torch.is_autocast_enabled("cpu"), logits.dtype)
+        return loss_math(self, logits, *args)
+    monkeypatch.setattr(mc.X0Transformer, "forward", forward_spy)
+    monkeypatch.setattr(mc.D3PM, "ce_and_vb", loss_spy)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    values = trainer.train_step(*trainer.train_data.batch(torch.arange(64)))
+    assert seen["model"] == (True, torch.bfloat16) and seen["loss"] == (False, torch.float32)
+    assert values.dtype == torch.float32 and torch.isfinite(values).all()
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
