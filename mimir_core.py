@@ -1191,6 +1191,9 @@ class Trainer:
 
     def _resumed_config(self, saved: dict, asked: Config) -> Config:
         """A resumed run keeps its model and data; only how long it runs and where may change."""
+        if asked.preset != saved["preset"]:
+            raise DataError(f"{self.run_dir} holds a {saved['preset']} run, which cannot continue as {asked.preset}: "
+                            f"resume it with preset {saved['preset']}, or choose another run name")
         cfg = Config(**saved)
         for name in ("epochs", "max_steps", "device", "save_every_minutes", "compile", "log_every"):
             setattr(cfg, name, getattr(asked, name))
@@ -1499,6 +1502,22 @@ def generate(run, n: int = 100, label: int = 1, target: str | None = None, min_l
                                standard_only, g)
         out += run.vocab.decode(tokens)
     return out
+
+
+def sample_table(run: Run, target: str | None = None, n: int = 10, min_length: int = MIN_LEN,
+                 max_length: int = MAX_LEN, guidance: float = DEFAULT_GUIDANCE, seed: int = 0) -> str:
+    """n peptides for each condition side by side: interacting with any target, interacting with
+    `target` (when given), background."""
+    conditions = {"interacting, any target": dict(label=1), f"interacting with {target}": dict(target=target),
+                  "background": dict(label=0)}
+    if not target:
+        del conditions[f"interacting with {target}"]
+    columns = {title: generate(run, n=n, min_length=min_length, max_length=max_length, guidance=guidance,
+                               seed=seed, **condition) for title, condition in conditions.items()}
+    widths = [max(MAX_LEN, len(title)) for title in columns]
+    lines = ["  ".join(title.ljust(w) for title, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(p.ljust(w) for p, w in zip(row, widths)) for row in zip(*columns.values())]
+    return "\n".join(lines)
 
 
 # =============================================================================================
@@ -2087,8 +2106,14 @@ def cmd_train(args):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if args.batch_size and world > 1:                   # under torchrun --batch-size is per process
         overrides["batch_size"] = args.batch_size * world
-    cfg = make_config(args.preset, **overrides)
-    run_dir = run_dir_for(args.run_name or args.preset, args.checkpoint_dir)
+    run_dir = run_dir_for(args.run_name or args.preset or "small", args.checkpoint_dir)
+    preset, saved = args.preset or "small", run_dir / "config.json"
+    if args.resume and saved.exists():                  # a resumed run keeps its settings, but for the flags given
+        base = json.loads(saved.read_text())
+        preset = args.preset or base["preset"]
+        overrides = {**{k: v for k, v in base.items() if k != "preset"},
+                     **{k: v for k, v in overrides.items() if v is not None}}
+    cfg = make_config(preset, **overrides)
     try:
         summary = train(cfg, run_dir, resume=args.resume, skip_invalid=args.skip_invalid,
                         progress=not args.no_progress, verbose=args.verbose)
@@ -2159,7 +2184,8 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train or resume a model")
-    p.add_argument("--preset", default="small", choices=list(PRESETS))
+    p.add_argument("--preset", default=None, choices=list(PRESETS),
+                   help="model size (default: small, or the run's own preset with --resume)")
     p.add_argument("--data", default=None, help="CSV (label,target,sequence[,source]); default: the demo data")
     add_run_args(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --run-name from its last.pt")

@@ -20,28 +20,33 @@
 # for an interaction label and a target human protein.
 #
 # **How to use:** pick a GPU runtime (*Runtime > Change runtime type > T4 GPU*; on Colab Pro choose
-# *A100* for the large preset), set the form below, then *Runtime > Run all*. With the demo data the
-# whole notebook finishes in a few minutes on a T4.
+# *A100* for the large preset), set the form below, then *Runtime > Run all*. With the demo data and the
+# small preset the whole notebook takes a few minutes on a T4.
 #
 # **Results** go to `checkpoints/<RUN_NAME>/` (or to Google Drive with `SAVE_TO_DRIVE`): checkpoints,
 # the training history, the convergence plot, the evaluation report. The last cell downloads a zip.
 #
-# **After a disconnect:** with `SAVE_TO_DRIVE` on, checkpoints are written to Drive every few minutes;
-# reconnect, keep the same `RUN_NAME` and *Run all* again: training resumes where it stopped.
+# **After a disconnect:** with `SAVE_TO_DRIVE` on, a checkpoint reaches Drive every 5 minutes and at
+# every epoch end. Reconnect, keep the same settings and *Run all* again: training resumes where it stopped.
 
 # %% [markdown]
 # ## 1. Settings
-# `PRESET`: small (839K parameters, Colab Free T4), medium (3.9M), large (21.5M, A100 recommended).
-# `DATA_SOURCE`: `demo` uses the embedded demo data; `upload` asks for a CSV; `drive` reads
-# `DRIVE_DATA_PATH`. The CSV needs the header `label,target,sequence` (optional `source` column).
-# `EPOCHS` = 0 keeps the preset's number of epochs.
+# - `PRESET`: small (839K parameters, fine on Colab Free's T4), medium (3.9M), large (21.5M, pick an
+#   A100 on Colab Pro).
+# - `DATA_SOURCE`: `demo` uses the embedded demo data; `upload` asks for a CSV; `drive` reads
+#   `DRIVE_DATA_PATH` from your Google Drive. The CSV needs the header `label,target,sequence`
+#   (an optional `source` column keeps each protein's peptides on one side of the held-out split).
+# - `RUN_NAME`: empty means `colab_<preset>`. The same name resumes the same run.
+# - `EPOCHS`: 0 keeps the preset's number of epochs.
+# - `REPO_URL`: only needed when this notebook was opened on its own (from GitHub or a file): the git
+#   URL of the Mimir repository. Left empty, the next cell asks you to upload the repository as a zip.
 
 # %%
 # @title Settings
 PRESET = "small"  # @param ["small", "medium", "large"]
 DATA_SOURCE = "demo"  # @param ["demo", "upload", "drive"]
 DRIVE_DATA_PATH = "/content/drive/MyDrive/mimir/dataset.csv"  # @param {type:"string"}
-RUN_NAME = "colab_small"  # @param {type:"string"}
+RUN_NAME = ""  # @param {type:"string"}
 SAVE_TO_DRIVE = False  # @param {type:"boolean"}
 EPOCHS = 0  # @param {type:"integer"}
 REPO_URL = ""  # @param {type:"string"}
@@ -50,31 +55,37 @@ import os
 import sys
 
 IN_COLAB = "google.colab" in sys.modules
-SMOKE = os.environ.get("MIMIR_SMOKE") == "1"   # set by the test suite: tiny model, a few hundred steps
-MAX_STEPS = 150 if SMOKE else 0
+SMOKE = os.environ.get("MIMIR_SMOKE") == "1"   # set by the test suite: tiny model, 150 steps, on the CPU
 if SMOKE:
-    PRESET, DATA_SOURCE, SAVE_TO_DRIVE = "tiny", "demo", False
+    PRESET, DATA_SOURCE, SAVE_TO_DRIVE, EPOCHS = "tiny", "demo", False, 0
+RUN_NAME = RUN_NAME or f"colab_{PRESET}"
 
 # %% [markdown]
 # ## 2. Code and dependencies
-# Finds `mimir_core.py` (next to this notebook's folder, in `/content/mimir`, or cloned from
-# `REPO_URL`) and installs only what is missing. Colab's own PyTorch is never reinstalled.
+# Finds `mimir_core.py` (in this repository, or in `/content/mimir`); in Colab it otherwise clones
+# `REPO_URL`, or asks you to upload the repository as a zip (on its web page: *Code > Download ZIP*).
+# Then installs only what is missing. Colab's own PyTorch is never reinstalled.
 
 # %%
 import importlib.util
 import subprocess
+import zipfile
 from pathlib import Path
 
-for candidate in (Path.cwd(), Path.cwd().parent, Path("/content/mimir")):
-    if (candidate / "mimir_core.py").exists():
-        sys.path.insert(0, str(candidate))
-        break
-else:
-    if not IN_COLAB or not REPO_URL:
-        raise RuntimeError("mimir_core.py not found: set REPO_URL in the settings to this repository's git URL, "
-                           "or upload mimir_core.py and data/ to /content/mimir")
+places = [Path.cwd(), Path.cwd().parent, Path("/content/mimir"), *Path("/content/mimir").glob("*/")]
+code_dir = next((p for p in places if (p / "mimir_core.py").exists()), None)
+if code_dir is None and IN_COLAB and REPO_URL:
     subprocess.run(["git", "clone", "--depth", "1", REPO_URL, "/content/mimir"], check=True)
-    sys.path.insert(0, "/content/mimir")
+    code_dir = Path("/content/mimir")
+elif code_dir is None and IN_COLAB:
+    from google.colab import files
+    print("Upload the Mimir repository as a zip (its web page: Code > Download ZIP).")
+    for name in files.upload():
+        zipfile.ZipFile(name).extractall("/content/mimir")
+    code_dir = next(p.parent for p in Path("/content/mimir").rglob("mimir_core.py"))
+if code_dir is None:
+    raise RuntimeError("mimir_core.py not found: open this notebook from the repository's notebooks/ folder")
+sys.path.insert(0, str(code_dir))
 
 missing = [pkg for pkg in ("numpy", "matplotlib", "tqdm") if importlib.util.find_spec(pkg) is None]
 if missing:
@@ -85,18 +96,19 @@ import mimir_core as mc
 # %% [markdown]
 # ## 3. Runtime check
 # You should see your GPU and the precision training will use (T4: fp16 with a gradient scaler;
-# A100: bf16). "No GPU" means this runtime is CPU-only: it still works, slowly; switch with
-# *Runtime > Change runtime type*.
+# A100: bf16). "No GPU" means this runtime is CPU-only: the notebook still works, slowly (the small
+# preset on the demo takes about ten minutes); switch with *Runtime > Change runtime type*.
 
 # %%
 print(mc.runtime_info())
 
 # %% [markdown]
 # ## 4. Data
-# The data are validated with the same checks as the command line: a bad file stops here with the line
-# numbers of every problem. You should see the rows per label, the number of targets and the length
-# distributions of both labels. The demo's label-1 rows are motif-derived stand-ins (known short
-# linear motif classes found in real proteins), not measured interactions.
+# The data are checked with the same rules as the command line: a bad file stops here with the line
+# number of every problem. You should see the rows per label, the number of targets and the length
+# distributions of both labels, which should match (otherwise a model could tell the labels apart by
+# length alone). The demo's label-1 rows are **motif-derived stand-ins** (windows of real proteins that
+# match a known short linear motif of the target's domain), **not measured interactions**.
 
 # %%
 if DATA_SOURCE == "demo":
@@ -118,9 +130,9 @@ mc.plot_lengths(rows);
 
 # %% [markdown]
 # ## 5. Train
-# A progress bar shows the step, ce (cross-entropy of the x0 prediction), vb (the variational term)
-# and their weighted sum. Each epoch ends with a line of held-out figures and a checkpoint. Re-running
-# this cell with the same `RUN_NAME` resumes the run instead of starting over.
+# A progress bar shows the step and the running ce (cross-entropy of the x0 prediction), vb (the
+# variational term) and their weighted sum. Each epoch ends with a line of held-out figures and a
+# checkpoint. Running this cell again with the same `RUN_NAME` resumes the run instead of starting over.
 
 # %%
 if SAVE_TO_DRIVE and IN_COLAB:
@@ -128,20 +140,21 @@ if SAVE_TO_DRIVE and IN_COLAB:
     drive.mount("/content/drive")
     CHECKPOINT_DIR = "/content/drive/MyDrive/mimir/checkpoints"
 else:
-    CHECKPOINT_DIR = str(Path(mc.__file__).parent / "checkpoints")
+    CHECKPOINT_DIR = str(code_dir / "checkpoints")
 if SMOKE:                                           # test runs leave nothing behind in the repository
     import tempfile
     CHECKPOINT_DIR = tempfile.mkdtemp()
 run_dir = mc.run_dir_for(RUN_NAME, CHECKPOINT_DIR)
-cfg = mc.make_config(PRESET, data=DATA_PATH, epochs=EPOCHS or None, max_steps=MAX_STEPS or None,
+cfg = mc.make_config(PRESET, data=DATA_PATH, epochs=EPOCHS or None, max_steps=150 if SMOKE else None,
                      save_every_minutes=5)
 summary = mc.train(cfg, run_dir, resume=True, verbose=True)
 
 # %% [markdown]
 # ## 6. Convergence
-# ce and vb per step (training) and per epoch (held-out). The dashed line is ln K, the ce of a uniform
-# guess: a model that learned anything sits below it. Held-out curves that rise while training curves
-# fall mean overfitting; `best.pt` keeps the epoch with the lowest held-out loss.
+# ce, vb and the loss per step (training, smoothed) and per epoch (held-out). The dashed line is ln K,
+# the ce of a uniform guess: a model that learned anything sits well below it. Held-out curves that
+# rise while training curves fall mean overfitting; `best.pt` keeps the epoch with the lowest held-out
+# loss, and sampling uses it.
 
 # %%
 from IPython.display import Image, display
@@ -150,9 +163,10 @@ display(Image(str(run_dir / "convergence.png")))
 
 # %% [markdown]
 # ## 7. Samples
-# Peptides for label 1 (interacting) and for one target, within a length range. Change `TARGET`,
-# `MIN_LENGTH` and `MAX_LENGTH` to ask for other peptides; `GUIDANCE` > 0 pushes harder toward the
-# condition (classifier-free guidance).
+# Peptides for three conditions side by side: interacting with any target, interacting with `TARGET`
+# (empty: the first target of the data), and background. Change `TARGET`, `MIN_LENGTH` and `MAX_LENGTH`
+# to ask for other peptides. `GUIDANCE` > 0 pushes harder toward the condition (classifier-free
+# guidance; 0 is plain conditional sampling).
 
 # %%
 TARGET = ""  # @param {type:"string"}
@@ -161,20 +175,16 @@ MAX_LENGTH = 12  # @param {type:"integer"}
 GUIDANCE = 1.0  # @param {type:"number"}
 
 model = mc.load_run(run_dir)
-target = TARGET or model.vocab.targets[0]
-for seed, (title, condition) in enumerate((("interacting, any target", dict(label=1)),
-                                           (f"interacting with {target}", dict(target=target)),
-                                           ("background", dict(label=0)))):
-    peptides = mc.generate(model, n=10, min_length=MIN_LENGTH, max_length=MAX_LENGTH, guidance=GUIDANCE,
-                           seed=seed, **condition)
-    print(f"{title}:\n  " + "  ".join(peptides))
+print(mc.sample_table(model, target=TARGET or model.vocab.targets[0], n=10, min_length=MIN_LENGTH,
+                      max_length=MAX_LENGTH, guidance=GUIDANCE))
 
 # %% [markdown]
 # ## 8. Evaluation
-# How good is the model, told honestly: held-out likelihood in bits per residue beside the amino-acid
-# composition baseline (a model that does not beat it says so), sample validity, uniqueness, novelty
-# and distribution distances beside a random baseline, and, for the demo's motif targets, how much more
-# often target-conditioned samples carry the target's motif than background samples.
+# How good is the model, told plainly: the held-out likelihood in bits per residue beside the amino-acid
+# composition baseline (a model that does not beat it says so); sample validity, uniqueness, novelty and
+# distribution distances beside a random baseline; and, for the demo's motif targets, how much more
+# often target-conditioned samples carry the target's motif than background samples do. The plots
+# compare the amino-acid composition and the lengths of held-out data, samples and the random baseline.
 
 # %%
 report = mc.evaluate(run_dir, n_samples=100 if SMOKE else 1000, n_per_target=50 if SMOKE else 200,
@@ -184,8 +194,8 @@ mc.plot_evaluation(report);
 
 # %% [markdown]
 # ## 9. Save
-# A zip of the run directory (checkpoints, history, plots, evaluation). In Colab it downloads;
-# elsewhere it stays next to the run directory.
+# A zip of the run directory (checkpoints, history, plots, evaluation). In Colab it downloads; elsewhere
+# it stays next to the run directory. With `SAVE_TO_DRIVE` the run is on Drive as well.
 
 # %%
 archive = mc.zip_run(run_dir)

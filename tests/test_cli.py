@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+import mimir_core as mc
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -57,3 +59,16 @@ def test_quick_start_shim_forwards_to_train(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "--help"], capture_output=True,
                           text=True, cwd=tmp_path)
     assert proc.returncode == 0 and "--preset" in proc.stdout and "--run-name" in proc.stdout
+
+
+def test_resume_keeps_the_runs_own_settings_and_refuses_another_preset(fixture_csv, tmp_path):
+    common = ["--data", fixture_csv, "--run-name", "r", "--checkpoint-dir", tmp_path, "--no-progress"]
+    cli("train", "--preset", "tiny", "--epochs", 3, "--max-steps", 10, "--lr", 1e-3, *common)
+    proc = cli("train", "--resume", "--max-steps", 20, *common)           # no --preset, no --epochs, no --lr
+    assert "resuming" in proc.stderr and "20 steps" in proc.stderr
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    ckpt_cfg = mc.load_checkpoint(tmp_path / "r" / "last.pt")["config"]
+    assert saved["preset"] == ckpt_cfg["preset"] == "tiny"
+    assert (ckpt_cfg["epochs"], ckpt_cfg["max_steps"], ckpt_cfg["lr"]) == (3, 20, 1e-3)
+    proc = cli("train", "--resume", "--preset", "small", *common, check=False)
+    assert proc.returncode == 2 and "holds a tiny run" in proc.stderr and "another run name" in proc.stderr
