@@ -969,9 +969,13 @@ class D3PM:
         return torch.where(x0 != PAD, xtr + 1, PAD), xtr
 
     def posterior(self, xtr, t, x0_probs):
-        """q(x_{t-1} | x_t, x0) for x0 given as probabilities (B, L, K): the model's softmax gives
-        p(x_{t-1} | x_t) = sum_x0 q(x_{t-1} | x_t, x0) p(x0 | x_t)."""
-        return self._bayes(xtr, t, torch.einsum("blk,bkj->blj", x0_probs, self.Qbar[t - 1]))
+        """p(x_{t-1} | x_t) = sum_a q(x_{t-1} | x_t, x0=a) p(a | x_t) for the model's x0 probabilities
+        (B, L, K). Trained with ce, p(a | x_t) is the posterior of x0, which already holds the likelihood
+        q(x_t | a); so each term is the true posterior, q(x_{t-1}=j | x_t, a) = Q_t[j, x_t] Qbar_{t-1}[a, j]
+        / Qbar_t[a, x_t], not the joint q(x_{t-1}, x_t | a) of D3PM's vb-trained form, which would count
+        the likelihood twice (a loose bound, and a sampler that clings to x_t). At t = 1 this is p(x0 | x_1)."""
+        weights = x0_probs / self.Qbar[t[:, None], :, xtr]                  # p(a | x_t) / Qbar_t[a, x_t]
+        return self._bayes(xtr, t, torch.einsum("blk,bkj->blj", weights, self.Qbar[t - 1]))
 
     def true_posterior(self, xtr, t, x0r):
         """q(x_{t-1} | x_t, x0) for known residues x0r (B, L): posterior() of a one-hot x0, as a gather."""
@@ -1476,7 +1480,7 @@ def sample_tokens(run: Run, lengths, label: int, target_id: int, guidance: float
     return F.pad(torch.where(pad_mask, xtr + 1, PAD), (0, MAX_LEN - width), value=PAD).cpu()
 
 
-DEFAULT_GUIDANCE = 1.0
+DEFAULT_GUIDANCE = 2.0
 
 
 def generate(run, n: int = 100, label: int = 1, target: str | None = None, min_length: int = MIN_LEN,
@@ -1513,7 +1517,7 @@ def sample_table(run: Run, target: str | None = None, n: int = 10, min_length: i
     if not target:
         del conditions[f"interacting with {target}"]
     columns = {title: generate(run, n=n, min_length=min_length, max_length=max_length, guidance=guidance,
-                               seed=seed, **condition) for title, condition in conditions.items()}
+                               seed=seed + i, **condition) for i, (title, condition) in enumerate(conditions.items())}
     widths = [max(MAX_LEN, len(title)) for title in columns]
     lines = ["  ".join(title.ljust(w) for title, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(p.ljust(w) for p, w in zip(row, widths)) for row in zip(*columns.values())]
@@ -1603,32 +1607,31 @@ def load_motifs(path=DEMO_MOTIFS) -> dict:
     return {m["target"]: re.compile(m["regex"]) for m in read_motifs(path)}
 
 
-def evaluate(run_dir, data=None, n_samples: int = 1000, n_per_target: int = 200, seed: int = 0,
-             guidance: float = DEFAULT_GUIDANCE, motifs=None, max_rows: int = 5000, checkpoint: str = "best",
-             device: str = "auto") -> dict:
-    """Held-out likelihood, sample quality and conditioning, each with its baseline. Writes
-    evaluation.json in the run directory and returns the report (see format_report)."""
-    run = load_run(run_dir, checkpoint=checkpoint, device=device)
+def evaluation_split(run: Run, data=None) -> tuple[Rows, Rows | None]:
+    """(held-out rows, training rows): the run's own split of its data, or all of `data` held out when
+    it is another file (the training rows then come from the run's data, when that file is still there)."""
     train_path = run.cfg.data or str(DEMO_DATA)
     rows = load_rows(data or train_path)
-    if data and Path(data).resolve() != Path(train_path).resolve():     # an external test file: all held out
-        val_idx, train_rows = np.arange(len(rows.sequences)), (load_rows(train_path) if Path(train_path).exists() else None)
-        train_rows = subset_rows(train_rows, split_indices(train_rows, run.cfg.val_fraction)[0]) if train_rows else None
+    if data and Path(data).resolve() != Path(train_path).resolve():
+        train_rows = load_rows(train_path) if Path(train_path).exists() else None
+        if train_rows is not None:
+            train_rows = subset_rows(train_rows, split_indices(train_rows, run.cfg.val_fraction)[0])
+        val = rows
     else:
         train_idx, val_idx = split_indices(rows, run.cfg.val_fraction)
-        train_rows = subset_rows(rows, train_idx)
-    val = subset_rows(rows, val_idx)
-    train_set = set(train_rows.sequences) if train_rows else set()
-    train_comp = np.array(run.stats["composition"])[:len(RESIDUES)]
-    train_comp = train_comp / train_comp.sum()
-    report = {"run_dir": str(run_dir), "checkpoint": checkpoint, "guidance": guidance, "seed": seed,
-              "heldout_rows": len(val.sequences), "likelihood": {}, "samples": {}, "conditioning": {}}
-
-    # 1. held-out likelihood in bits per residue, per label, beside composition and uniform
-    g = torch.Generator(device=run.device).manual_seed(seed)
+        val, train_rows = subset_rows(rows, val_idx), subset_rows(rows, train_idx)
     unknown = sorted({t for t in val.targets if t} - set(run.vocab.targets))
     if unknown:
         raise DataError(f"{val.path}: targets the model was not trained on: {', '.join(unknown[:10])}")
+    return val, train_rows
+
+
+def likelihood_report(run: Run, val: Rows, train_rows: Rows | None, seed: int = 0, max_rows: int = 5000) -> dict:
+    """Per label: the held-out bound in bits per residue beside the training composition's entropy
+    and the uniform log2 K."""
+    g = torch.Generator(device=run.device).manual_seed(seed)
+    comp_bits = entropy_bits(composition((train_rows or val).sequences, run.vocab.letters))
+    out = {}
     for label in (0, 1):
         idx = np.flatnonzero(val.labels == label)[:max_rows]
         if len(idx) == 0:
@@ -1637,37 +1640,38 @@ def evaluate(run_dir, data=None, n_samples: int = 1000, n_per_target: int = 200,
         x0 = torch.from_numpy(run.vocab.encode(part.sequences))
         nats = heldout_bound_nats(run, x0, torch.from_numpy(part.labels),
                                   torch.from_numpy(run.vocab.target_ids(part.targets)), g)
-        residues = int((x0 != PAD).sum())
-        comp_bits = entropy_bits(composition(train_rows.sequences if train_rows else part.sequences, run.vocab.letters))
-        report["likelihood"][str(label)] = {
-            "rows": len(idx), "bits_per_residue": float(nats.sum()) / residues / math.log(2),
-            "composition_bits": comp_bits, "uniform_bits": math.log2(len(run.vocab.letters))}
+        out[str(label)] = {"rows": len(idx), "bits_per_residue": float(nats.sum()) / int((x0 != PAD).sum()) / math.log(2),
+                           "composition_bits": comp_bits, "uniform_bits": math.log2(len(run.vocab.letters))}
+    return out
 
-    # 2. samples per label vs held-out peptides, and a composition-matched random floor
-    samples = {}
+
+def sampling_report(run: Run, val: Rows, train_rows: Rows | None, n_samples: int = 1000, n_per_target: int = 200,
+                    seed: int = 0, guidance: float = DEFAULT_GUIDANCE, motifs=None) -> dict:
+    """Samples per label against held-out peptides and a composition-matched random floor; conditioning:
+    each motif target's rate in its own samples vs in background samples, and the label-1 vs label-0
+    composition distance."""
+    train_set = set(train_rows.sequences) if train_rows else set()
+    train_comp = np.array(run.stats["composition"])[:len(RESIDUES)]
+    train_comp = train_comp / train_comp.sum()
+    reference = {l: [s for s, x in zip(val.sequences, val.labels.tolist()) if x == l] for l in (0, 1)}
+    samples, report = {}, {"samples": {}, "conditioning": {}}
     for label in (0, 1):
-        reference = [s for s, l in zip(val.sequences, val.labels.tolist()) if l == label]
-        if not reference:
+        if not reference[label]:
             continue
         samples[label] = generate(run, n=n_samples, label=label, seed=seed, guidance=guidance)
-        label_p = length_probs(run, label, None, MIN_LEN, MAX_LEN)
-        baseline = random_peptides(n_samples, train_comp, label_p, seed)
-        report["samples"][str(label)] = {"model": sample_metrics(samples[label], reference, train_set),
-                                         "random_baseline": sample_metrics(baseline, reference, train_set),
-                                         "composition": composition(samples[label]).tolist(),
-                                         "reference_composition": composition(reference).tolist(),
-                                         "baseline_composition": train_comp.tolist(),
-                                         "lengths": length_distribution(samples[label]).tolist(),
-                                         "reference_lengths": length_distribution(reference).tolist()}
-
-    # 3. conditioning: target motif enrichment, and how far label-1 samples sit from label-0 samples
-    motifs = load_motifs(motifs) if motifs else (load_motifs() if not run.cfg.data else {})
+        baseline = random_peptides(n_samples, train_comp, length_probs(run, label, None, MIN_LEN, MAX_LEN), seed)
+        report["samples"][str(label)] = {
+            "model": sample_metrics(samples[label], reference[label], train_set),
+            "random_baseline": sample_metrics(baseline, reference[label], train_set),
+            "composition": composition(samples[label]).tolist(),
+            "reference_composition": composition(reference[label]).tolist(), "baseline_composition": train_comp.tolist(),
+            "lengths": length_distribution(samples[label]).tolist(),
+            "reference_lengths": length_distribution(reference[label]).tolist()}
     if 0 in samples and 1 in samples:
-        ref0 = [s for s, l in zip(val.sequences, val.labels.tolist()) if l == 0]
-        ref1 = [s for s, l in zip(val.sequences, val.labels.tolist()) if l == 1]
-        report["conditioning"]["label_js_composition"] = {
-            "samples": js_divergence(composition(samples[1]) + 1e-12, composition(samples[0]) + 1e-12),
-            "heldout_data": js_divergence(composition(ref1) + 1e-12, composition(ref0) + 1e-12)}
+        js = lambda a, b: js_divergence(composition(a) + 1e-12, composition(b) + 1e-12)
+        report["conditioning"]["label_js_composition"] = {"samples": js(samples[1], samples[0]),
+                                                          "heldout_data": js(reference[1], reference[0])}
+    motifs = load_motifs(motifs) if motifs else (load_motifs() if not run.cfg.data else {})
     targets = {}
     for target, pattern in motifs.items():
         if target not in run.vocab.targets:
@@ -1676,12 +1680,55 @@ def evaluate(run_dir, data=None, n_samples: int = 1000, n_per_target: int = 200,
         background = samples.get(0) or generate(run, n=n_samples, label=0, seed=seed, guidance=guidance)
         rate = lambda ps: sum(bool(pattern.search(p)) for p in ps) / max(len(ps), 1)
         on, bg = rate(on_target), rate(background)
+        metrics = sample_metrics(on_target, on_target, train_set)
         targets[target] = {"pattern": pattern.pattern, "target_rate": on, "background_rate": bg,
                            "enrichment": on / bg if bg > 0 else (float("inf") if on > 0 else 1.0),
-                           "training_rate": rate([s for s, t in zip(train_rows.sequences, train_rows.targets) if t == target]) if train_rows else None}
+                           "uniqueness": metrics["uniqueness"], "novelty": metrics["novelty"],
+                           "training_rate": rate([s for s, t in zip(train_rows.sequences, train_rows.targets)
+                                                  if t == target]) if train_rows else None}
     report["conditioning"]["motifs"] = targets
+    return report
+
+
+def evaluate(run_dir, data=None, n_samples: int = 1000, n_per_target: int = 200, seed: int = 0,
+             guidance: float = DEFAULT_GUIDANCE, motifs=None, max_rows: int = 5000, checkpoint: str = "best",
+             device: str = "auto") -> dict:
+    """Held-out likelihood, sample quality and conditioning, each with its baseline. Writes
+    evaluation.json in the run directory and returns the report (see format_report)."""
+    run = load_run(run_dir, checkpoint=checkpoint, device=device)
+    val, train_rows = evaluation_split(run, data)
+    report = {"run_dir": str(run_dir), "checkpoint": checkpoint, "guidance": guidance, "seed": seed,
+              "heldout_rows": len(val.sequences), "likelihood": likelihood_report(run, val, train_rows, seed, max_rows),
+              **sampling_report(run, val, train_rows, n_samples, n_per_target, seed, guidance, motifs)}
     write_json(Path(run_dir) / "evaluation.json", report)
     return report
+
+
+def guidance_sweep(run_dir, guidances, data=None, n_samples: int = 1000, n_per_target: int = 200, seed: int = 0,
+                   motifs=None, checkpoint: str = "best", device: str = "auto") -> list:
+    """sampling_report at each guidance value (same seed, so only the guidance differs). Writes
+    guidance_sweep.json in the run directory and returns the reports (see format_guidance_sweep)."""
+    run = load_run(run_dir, checkpoint=checkpoint, device=device)
+    val, train_rows = evaluation_split(run, data)
+    reports = [{"guidance": g, **sampling_report(run, val, train_rows, n_samples, n_per_target, seed, g, motifs)}
+               for g in guidances]
+    write_json(Path(run_dir) / "guidance_sweep.json", reports)
+    return reports
+
+
+def format_guidance_sweep(reports: list) -> str:
+    """One row per guidance value: label-1 sample quality, then motif conditioning averaged over targets."""
+    out = ["| guidance | label-1 valid | unique | novel | JS comp | motif rate on target | in background "
+           "| targets enriched >2x | target samples unique | novel |", "|---" * 10 + "|"]
+    for r in reports:
+        m = r["samples"].get("1", {}).get("model")
+        cells = [f"{m[k]:.3f}" for k in ("validity", "uniqueness", "novelty", "js_composition")] if m else ["-"] * 4
+        motifs = list(r["conditioning"].get("motifs", {}).values())
+        mean = lambda key: f"{np.mean([t[key] for t in motifs]):.3f}" if motifs else "-"
+        enriched = f"{sum(t['enrichment'] > 2 for t in motifs)}/{len(motifs)}" if motifs else "-"
+        cells += [mean("target_rate"), mean("background_rate"), enriched, mean("uniqueness"), mean("novelty")]
+        out.append(f"| {r['guidance']:g} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 def format_report(report: dict) -> str:
@@ -1705,12 +1752,14 @@ def format_report(report: dict) -> str:
         out += ["", f"Label conditioning: JS(label-1 vs label-0 composition) samples {c['samples']:.4f}, "
                     f"held-out data {c['heldout_data']:.4f}"]
     if cond.get("motifs"):
-        out += ["", "Target conditioning (fraction of samples matching the target's motif):",
-                f"  {'target':16}{'on target':>10}{'background':>11}{'enrichment':>11}{'in data':>9}"]
+        out += ["", "Target conditioning (fraction of samples matching the target's motif; unique and novel: of "
+                    "the target's samples):",
+                f"  {'target':16}{'on target':>10}{'background':>11}{'enrichment':>11}{'unique':>8}{'novel':>8}"
+                f"{'in data':>9}"]
         for target, m in cond["motifs"].items():
             data_rate = f"{m['training_rate']:9.2f}" if m["training_rate"] is not None else f"{'-':>9}"
             out.append(f"  {target:16}{m['target_rate']:10.3f}{m['background_rate']:11.3f}"
-                       f"{m['enrichment']:11.1f}{data_rate}")
+                       f"{m['enrichment']:11.1f}{m['uniqueness']:8.3f}{m['novelty']:8.3f}{data_rate}")
     return "\n".join(out)
 
 
@@ -2134,9 +2183,14 @@ def cmd_generate(args):
 
 
 def cmd_evaluate(args):
-    report = evaluate(run_dir_for(args.run_name, args.checkpoint_dir), data=args.data, n_samples=args.n,
-                      seed=args.seed, guidance=args.guidance, motifs=args.motifs, checkpoint=args.checkpoint,
-                      device=args.device)
+    run_dir = run_dir_for(args.run_name, args.checkpoint_dir)
+    common = dict(data=args.data, n_samples=args.n, seed=args.seed, motifs=args.motifs, checkpoint=args.checkpoint,
+                  device=args.device)
+    if len(args.guidance) > 1:
+        print(format_guidance_sweep(guidance_sweep(run_dir, args.guidance, **common)))
+        log(f"wrote guidance_sweep.json in {run_dir}")
+        return
+    report = evaluate(run_dir, guidance=args.guidance[0], **common)
     plot_evaluation(report)
     print(format_report(report))
     log(f"wrote evaluation.json and evaluation.png in {report['run_dir']}")
@@ -2223,7 +2277,8 @@ def build_parser():
     add_run_args(p)
     p.add_argument("--data", default=None, help="score this file instead of the run's held-out split")
     p.add_argument("-n", type=int, default=1000, help="samples per condition (default 1000)")
-    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    p.add_argument("--guidance", type=float, nargs="+", default=[DEFAULT_GUIDANCE],
+                   help=f"classifier-free guidance (default {DEFAULT_GUIDANCE}); several values print a comparison table")
     p.add_argument("--motifs", default=None, help="motifs JSON (target -> regex); default: the demo's, for demo runs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])

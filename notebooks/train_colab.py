@@ -172,7 +172,7 @@ display(Image(str(run_dir / "convergence.png")))
 TARGET = ""  # @param {type:"string"}
 MIN_LENGTH = 8  # @param {type:"integer"}
 MAX_LENGTH = 12  # @param {type:"integer"}
-GUIDANCE = 1.0  # @param {type:"number"}
+GUIDANCE = 2.0  # @param {type:"number"}
 
 model = mc.load_run(run_dir)
 print(mc.sample_table(model, target=TARGET or model.vocab.targets[0], n=10, min_length=MIN_LENGTH,

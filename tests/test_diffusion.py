@@ -45,14 +45,34 @@ def test_posterior_equals_brute_force_bayes(d3pm):
         assert torch.allclose(got, expected, atol=1e-5), (t, x0, xt)
 
 
-def test_predicted_posterior_marginalises_over_x0(d3pm):
+def test_predicted_posterior_is_the_mixture_of_true_posteriors(d3pm):
+    """p(x_{t-1} | x_t) = sum_x0 q(x_{t-1} | x_t, x0) p(x0 | x_t), each term by brute-force Bayes."""
     torch.manual_seed(0)
     p0 = torch.softmax(torch.randn(1, 1, K), -1)
-    t, xt = torch.tensor([4]), torch.tensor([[2]])
-    mix = sum(p0[0, 0, x0] * d3pm.posterior(xt, t, torch.nn.functional.one_hot(torch.tensor([[x0]]), K).float())
-              * (d3pm.Qbar[t[0]][x0, xt[0, 0]]) for x0 in range(K))
-    expected = mix / mix.sum()
-    assert torch.allclose(d3pm.posterior(xt, t, p0), expected, atol=1e-5)
+    for t, xt in itertools.product(range(1, T + 1), range(K)):
+        expected = torch.zeros(K)
+        for x0 in range(K):
+            joint = torch.tensor([d3pm.Q[t][j, xt] * d3pm.Qbar[t - 1][x0, j] for j in range(K)])
+            expected += p0[0, 0, x0] * joint / joint.sum()
+        got = d3pm.posterior(torch.tensor([[xt]]), torch.tensor([t]), p0)[0, 0]
+        assert torch.allclose(got, expected, atol=1e-5), (t, xt)
+
+
+def test_the_bound_is_tight_for_the_exact_posterior_of_iid_residues(d3pm):
+    """Residues drawn i.i.d. from c: the exact x0 posterior, p(x0 | x_t) ∝ c(x0) q(x_t | x0), makes every
+    reverse step exact, so the expected bound (the prior term plus every KL term, summed exactly over
+    x0 and x_t) equals the entropy of c. A reverse step that counted q(x_t | x0) twice would exceed it."""
+    c = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.04, 0.01])
+    x0r = torch.arange(K).repeat_interleave(K)[None]                   # every (x0, x_t) pair: (1, K * K)
+    xtr = torch.arange(K).repeat(K)[None]
+    qT = d3pm.Qbar[T]
+    bound = (c[:, None] * torch.special.xlogy(qT, qT * K)).sum()       # KL(q(x_T | x0) || uniform)
+    for t in range(1, T + 1):
+        logits = (c.log()[:, None] + d3pm.Qbar[t][:, xtr[0]].log()).T[None]     # (1, K * K, K)
+        _, vb = d3pm.ce_and_vb(logits, x0r, xtr, torch.tensor([t]))
+        bound += (c[x0r] * d3pm.Qbar[t][x0r, xtr] * vb).sum()
+    entropy = -(c * c.log()).sum()
+    assert bound.item() == pytest.approx(entropy.item(), rel=1e-4)
 
 
 def test_vb_is_zero_when_x0_prediction_is_the_truth(d3pm):

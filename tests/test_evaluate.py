@@ -18,10 +18,11 @@ def run(trained_run):
 def brute_force_kl(Q, Qbar, x0r, xtr, t, p0):
     """KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)) for one position, by explicit sums over letters."""
     K = Q.shape[-1]
-    q = np.array([Q[t][j, xtr] * Qbar[t - 1][x0r, j] for j in range(K)])
-    q /= q.sum()
-    p = np.array([Q[t][j, xtr] * sum(p0[a] * Qbar[t - 1][a, j] for a in range(K)) for j in range(K)])
-    p /= p.sum()
+    def true_posterior(x0):
+        joint = np.array([Q[t][j, xtr] * Qbar[t - 1][x0, j] for j in range(K)])
+        return joint / joint.sum()
+    q = true_posterior(x0r)
+    p = sum(p0[a] * true_posterior(a) for a in range(K))
     return sum(q[j] * math.log(q[j] / p[j]) for j in range(K) if q[j] > 0)
 
 
@@ -109,3 +110,19 @@ def test_evaluate_reports_every_figure_with_its_baseline(trained_run, tmp_path):
     assert "beat amino-acid composition" in text and "random_baseline" in text and "Q22222" in text
     fig = mc.plot_evaluation(report, out=tmp_path / "eval.png")
     assert (tmp_path / "eval.png").stat().st_size > 10_000 and len(fig.axes) == 4
+
+
+def test_guidance_sweep_compares_settings_under_one_seed(trained_run, tmp_path):
+    motifs = tmp_path / "motifs.json"
+    motifs.write_text(json.dumps([{"target": t, "regex": m[:3]} for t, m in FIXTURE_MOTIFS.items()]))
+    reports = mc.guidance_sweep(trained_run, [0.0, 2.0], n_samples=100, n_per_target=60, motifs=motifs)
+    assert [r["guidance"] for r in reports] == [0.0, 2.0]
+    assert json.loads((trained_run / "guidance_sweep.json").read_text())[1]["guidance"] == 2.0
+    plain = mc.sampling_report(mc.load_run(trained_run), *mc.evaluation_split(mc.load_run(trained_run)),
+                               n_samples=100, n_per_target=60, guidance=0.0, motifs=motifs)
+    assert plain["conditioning"]["motifs"] == reports[0]["conditioning"]["motifs"]     # same seed, same samples
+    for m in reports[1]["conditioning"]["motifs"].values():
+        assert 0 < m["uniqueness"] <= 1 and 0 <= m["novelty"] <= 1
+    table = mc.format_guidance_sweep(reports).splitlines()
+    assert table[0].startswith("| guidance |") and table[2].startswith("| 0 |") and table[3].startswith("| 2 |")
+    assert all(row.count("|") == table[0].count("|") for row in table)
