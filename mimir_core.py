@@ -1951,8 +1951,9 @@ def profile_step(trainer, idx) -> dict:
 
 
 def bench_preset(name: str, rows: Rows, device, steps: int, warmup: int) -> dict:
-    """A Trainer of preset `name` at batch 256: set-up time, median step time after warm-up, FLOPs of a
-    step as executed and as a padded forward (the GPU path), operators and syncs, peak memory."""
+    """A Trainer of preset `name` at batch 256: set-up time, median step time after warm-up (on the CPU
+    also with PAD rows computed, as on a GPU), FLOPs of a step as executed and padded, operators and
+    syncs, peak memory."""
     cfg = make_config(name, device=str(device), batch_size=BENCH_BATCH)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -1967,6 +1968,8 @@ def bench_preset(name: str, rows: Rows, device, steps: int, warmup: int) -> dict
         for _ in range(warmup):
             step()
         times = [_timed(step, trainer.device) for _ in range(steps)]
+        trainer.model.pack_residues = False             # the same step computing PAD rows, as a GPU does
+        padded_times = [_timed(step, trainer.device) for _ in range(steps)] if device.type == "cpu" else times
         flops = {}
         for packed in (None, False):                    # as executed, then padded (what a GPU computes)
             trainer.model.pack_residues = packed
@@ -1975,6 +1978,7 @@ def bench_preset(name: str, rows: Rows, device, steps: int, warmup: int) -> dict
             flops[packed] = counter.get_total_flops()
         trainer.model.pack_residues = None
         out = {"params": count_params(trainer.model), "setup_s": setup, "step_s": float(np.median(times)),
+               "padded_step_s": float(np.median(padded_times)),
                "flops": flops[None], "padded_flops": flops[False], **profile_step(trainer, next(batches))}
         del trainer, step
     out["peak_bytes"] = peak_memory(device)
@@ -2014,7 +2018,7 @@ def peak_memory(device) -> int:
 
 
 def _si(x: float, unit: str = "") -> str:
-    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(x) >= factor:
             return f"{x / factor:.3g} {prefix}{unit}"
     return f"{x:.3g} {unit}".strip()
@@ -2050,6 +2054,8 @@ def format_benchmark(r: dict) -> str:
             syncs += f" (+ {p['optimizer_counter_reads']} reads of AdamW step counters kept in host memory)"
         rows += [(f"{name} ({p['params'] / 1e6:.2f}M params): training step", _secs(p["step_s"]),
                   _secs(ref) if ref else "", speedup(p["step_s"], ref) if ref else ""),
+                 *([(f"{name}: the same step computing PAD rows (as on a GPU)", _secs(p["padded_step_s"]), "",
+                     f"{p['padded_step_s'] / p['step_s']:.2f}x from skipping them")] if not gpu else []),
                  (f"{name}: samples/s; epoch of 1,000,000 rows", f"{_si(BENCH_BATCH / p['step_s'])}; "
                   f"{_secs(epoch_steps * p['step_s'])}", f"{_si(BENCH_BATCH / ref)}; {_secs(epoch_steps * ref)}"
                   if ref else "", ""),

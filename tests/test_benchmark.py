@@ -45,7 +45,8 @@ def test_prints_and_writes_the_same_table_with_every_row(result):
     assert header == ["measure", "this machine", "reference", "speed-up"]
     assert all(len(cells) == 3 for cells in rows.values())
     for name in ("tiny", "small"):
-        for what in ("samples/s; epoch of 1,000,000 rows", "FLOPs per step (executed; padded)", "achieved FLOP/s",
+        for what in ("the same step computing PAD rows (as on a GPU)", "samples/s; epoch of 1,000,000 rows",
+                     "FLOPs per step (executed; padded)", "achieved FLOP/s",
                      "operators per step", "host syncs per step", "peak memory"):
             assert f"{name}: {what}" in rows
     assert "load + validate + tokenize 5,000 rows" in rows and "data path share of a small step" in rows
