@@ -1512,10 +1512,10 @@ def sample_table(run: Run, target: str | None = None, n: int = 10, min_length: i
                  max_length: int = MAX_LEN, guidance: float = DEFAULT_GUIDANCE, seed: int = 0) -> str:
     """n peptides for each condition side by side: interacting with any target, interacting with
     `target` (when given), background."""
-    conditions = {"interacting, any target": dict(label=1), f"interacting with {target}": dict(target=target),
-                  "background": dict(label=0)}
-    if not target:
-        del conditions[f"interacting with {target}"]
+    conditions = {"interacting, any target": dict(label=1)}
+    if target:
+        conditions[f"interacting with {target}"] = dict(target=target)
+    conditions["background"] = dict(label=0)
     columns = {title: generate(run, n=n, min_length=min_length, max_length=max_length, guidance=guidance,
                                seed=seed + i, **condition) for i, (title, condition) in enumerate(conditions.items())}
     widths = [max(MAX_LEN, len(title)) for title in columns]
