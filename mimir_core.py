@@ -1341,6 +1341,8 @@ class Trainer:
             if steps_file:
                 steps_file.close()
             bar.close()
+        if self.world > 1:              # rank 0 still scores, saves and plots; leaving early races its teardown
+            torch.distributed.barrier()
         return self.summary()
 
     def agree(self, flag: bool) -> bool:
