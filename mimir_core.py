@@ -1632,7 +1632,8 @@ def likelihood_report(run: Run, val: Rows, train_rows: Rows | None, seed: int = 
     """Per label: the held-out bound in bits per residue beside the training composition's entropy
     and the uniform log2 K."""
     g = torch.Generator(device=run.device).manual_seed(seed)
-    comp_bits = entropy_bits(composition((train_rows or val).sequences, run.vocab.letters))
+    comp_bits = entropy_bits(composition((train_rows if train_rows is not None else val).sequences,
+                                         run.vocab.letters))
     out = {}
     for label in (0, 1):
         idx = np.flatnonzero(val.labels == label)[:max_rows]
@@ -2049,6 +2050,10 @@ def format_benchmark(r: dict) -> str:
             ("data path: permutation + batch gather", f"{_si(dp['samples_per_s'])} samples/s ({dp['batch_ms']:.3f} "
              f"ms a batch)", f"{_si(REFERENCE['data_path'])} samples/s",
              f"{dp['samples_per_s'] / REFERENCE['data_path']:.1f}x")]
+    first = next(iter(r["presets"].values()), None)
+    if first:
+        rows.append((f"Trainer set-up on {n:,} rows (split, device data, statistics, model)",
+                     _secs(first["setup_s"]), "", ""))
     for name, p in r["presets"].items():
         ref = REFERENCE.get(f"step_{name}")
         syncs = f"{p['syncs']}" + "".join(f", {k} x {op}" for op, k in p["sync_sources"].items())
@@ -2069,10 +2074,6 @@ def format_benchmark(r: dict) -> str:
                   "", ""),
                  (f"{name}: host syncs per step", syncs, "", ""),
                  (f"{name}: peak memory", _si(p["peak_bytes"], "B") + ("" if gpu else " (process peak so far)"), "", "")]
-    first = next(iter(r["presets"].values()), None)
-    if first:
-        rows.insert(7, (f"Trainer set-up on {n:,} rows (split, device data, statistics, model)",
-                        _secs(first["setup_s"]), "", ""))
     if "small" in r["presets"]:
         rows.append(("data path share of a small step", f"{dp['batch_ms'] / 1e3 / r['presets']['small']['step_s']:.2%}",
                      "", ""))
@@ -2092,16 +2093,22 @@ def format_benchmark(r: dict) -> str:
     return "\n".join(table)
 
 
+def _cpu_name() -> str:
+    """The processor's model name (Linux), else what the platform module knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
+             if ln.startswith("model name")] if cpuinfo.exists() else []
+    return names[0] if names else platform.processor()
+
+
 def benchmark(device: str = "auto", presets=("small", "medium", "large"), n_rows: int = 1_000_000,
               full: bool = False, out=None) -> str:
     """Measure everything (progress on stderr), write the Markdown table to `out` if given, return it."""
     dev = pick_device(device)
     repeats = 4 if full else 1
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     r = {"device": str(dev), "precision": str(amp_dtype(dev) or torch.float32).replace("torch.", ""),
          "hardware": (torch.cuda.get_device_name(dev) + ", " if dev.type == "cuda" else "")
-         + f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)",
+         + f"{_cpu_name()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)",
          "software": f"torch {torch.__version__}, python {sys.version.split()[0]}, numpy {np.__version__}",
          "rows": n_rows, "presets": {}}
     log(f"benchmark on {dev}: matmul ceiling, then a {n_rows:,}-row synthetic CSV")
