@@ -1,7 +1,13 @@
 """Mimir: a length-aware conditional discrete-diffusion model (D3PM) that writes short peptides.
 
 One module, read top to bottom in pipeline order:
-  config -> data -> model -> diffusion -> training -> sampling -> evaluation -> plots -> command line
+  config -> data (load, validate, verify-data) -> model -> diffusion -> training -> sampling
+  -> evaluation -> plots -> command line (train, generate, evaluate, verify-data, presets)
+
+The tools around it are scripts of their own:
+  scripts/train.py          the quick-start command, a shim over `mimir_core.py train`
+  scripts/build_dataset.py  builds a dataset from protein FASTA files (the real set's recipe)
+  scripts/benchmark.py      measures data loading, training steps and sampling on this machine
 
 The model is an x0-predictor: a bidirectional transformer that sees a noised peptide x_t, the
 diffusion step t, an interaction label and a target protein, and predicts the clean peptide x0.
@@ -16,14 +22,11 @@ import csv
 import difflib
 import gzip
 import io
-import itertools
 import json
 import math
 import os
-import platform
 import re
 import sys
-import tempfile
 import time
 import zlib
 from dataclasses import asdict, dataclass, fields
@@ -426,306 +429,9 @@ def data_stats(rows: Rows, vocab: Vocab) -> dict:
             "composition": (composition / composition.sum()).tolist(), "rows": len(rows.sequences)}
 
 
-# =============================================================================================
-# Data: build a dataset from protein FASTA files (the real set's recipe), and verify one
-# =============================================================================================
-#
-# Background windows follow the interacting peptides' lengths so that a model cannot separate the two
-# labels by length alone; proteins are visited round-robin so that no single long protein dominates.
-
-_NOT_FASTA_LETTER = re.compile("[^A-Z]")    # sequences may hold any IUPAC letter (X, B, Z, U, ...)
-
-
-def read_fasta(path) -> list[tuple[str, str]]:
-    """[(header without '>', uppercase sequence)] from a .fasta or .fasta.gz file.
-    CRLF line ends and blank lines are fine; anything else odd is a DataError naming the line."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    records, header, header_line, chunks = [], None, 0, []
-
-    def close_record():
-        if header is not None:
-            if not chunks:
-                raise DataError(f"{path}, line {header_line}: record '{header}' has no sequence")
-            records.append((header, "".join(chunks)))
-
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8", newline=None) as f:   # newline=None folds CRLF to \n
-            for lineno, line in enumerate(f, start=1):
-                line = line.strip()
-                if not line:
-                    continue
-                if line.startswith(">"):
-                    close_record()
-                    header, header_line, chunks = line[1:].strip(), lineno, []
-                    if not header:
-                        raise DataError(f"{path}, line {lineno}: empty header")
-                    continue
-                if header is None:
-                    raise DataError(f"{path}, line {lineno}: sequence before the first '>' header")
-                seq = line.upper()
-                bad = _NOT_FASTA_LETTER.search(seq)
-                if bad:
-                    raise DataError(f"{path}, line {lineno}: '{bad.group()}' at column {bad.start() + 1} "
-                                    f"is not a residue letter")
-                chunks.append(seq)
-            close_record()
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as e:
-        raise DataError(f"{path}: not a readable FASTA file ({e})") from e
-    if not records:
-        raise DataError(f"{path}: no FASTA records")
-    return records
-
-
-def accession(header: str) -> str:
-    """P12345 from a UniProt header 'sp|P12345|NAME_HUMAN ...'; otherwise the header's first word."""
-    first = (header.split() or [""])[0]
-    parts = first.split("|")
-    return parts[1] if len(parts) >= 3 and parts[0] in ("sp", "tr") else first
-
-
-def organism(header: str) -> str:
-    """The OS= field of a UniProt header ('' when there is none)."""
-    m = re.search(r"\bOS=(.*?)(?= [A-Z]{2}=|$)", header)
-    return m.group(1).strip() if m else ""
-
-
-def is_human(header: str) -> bool:
-    return organism(header) == "Homo sapiens"
-
-
-def is_viral(header: str) -> bool:
-    return "virus" in organism(header).lower()      # "Dengue virus 3", "Human herpesvirus 8", ...
-
-
-def write_gzip(path, data: bytes) -> None:
-    """gzip with no file name and mtime 0 in its header, so equal data gives equal bytes; atomic."""
-    def write(raw):
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as f:
-            f.write(data)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(Path(path), write)
-
-
-def subset_fasta(src, dst, predicate) -> int:
-    """Copy the records of `src` whose header satisfies `predicate` to the gzipped FASTA `dst`
-    (headers kept, 60 residues a line). Returns how many were kept."""
-    kept = [(h, s) for h, s in read_fasta(src) if predicate(h)]
-    text = "".join(f">{h}\n" + "".join(s[i:i + 60] + "\n" for i in range(0, len(s), 60)) for h, s in kept)
-    write_gzip(dst, text.encode())
-    return len(kept)
-
-
-# --- interacting peptides: measured pairs, or motif-derived stand-ins ---------------------------
-
-MOTIF_WINDOW = (8, 15)      # motif-derived peptides are 8-15 residues, the bulk of measured SLiM peptides
-
-
-def read_motifs(path) -> list[dict]:
-    """Motif classes from a JSON list of {"target", "elm_class", "description", "regex", "anchor"}.
-    A c_terminal regex must end with '$' so it can only match at the protein's last residue."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    try:
-        motifs = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(motifs, list) or not motifs:
-        raise DataError(f"{path}: expected a non-empty list of motif classes")
-    for i, m in enumerate(motifs):
-        where = f"{path}, motif {i + 1}"
-        if not isinstance(m, dict) or not m.get("target") or not m.get("regex"):
-            raise DataError(f"{where}: needs a 'target' and a 'regex'")
-        if m.get("anchor", "internal") not in ("internal", "c_terminal"):
-            raise DataError(f"{where}: anchor '{m['anchor']}' is not 'internal' or 'c_terminal'")
-        if m.get("anchor") == "c_terminal" and not m["regex"].endswith("$"):
-            raise DataError(f"{where}: a c_terminal regex must end with '$'")
-        try:
-            re.compile(m["regex"])
-        except re.error as e:
-            raise DataError(f"{where}: bad regex '{m['regex']}' ({e})") from e
-    return motifs
-
-
-def motif_peptides(proteins, motifs, rng, per_class_max: int = 150, windows_per_match: int = 3) -> list:
-    """[(target, peptide, source accession)]: for each motif class, windows cut around its regex matches.
-
-    Matches are visited in a random order; each gives a window of 8-15 residues (longer when the
-    match is) that contains it, at a random offset. C-terminal classes end their window at the
-    protein's last residue, and skip sequences UniProt marks '(Fragment)', whose last residue is not
-    a real C-terminus. When a class has fewer matches than per_class_max, later rounds cut windows of
-    other lengths from the same matches (up to windows_per_match each), as overlapping peptide
-    libraries do. Windows with non-standard letters are skipped; peptides are unique within a class."""
-    standard = set(RESIDUES)
-    rows = []
-    for m in motifs:
-        pattern, c_term = re.compile(m["regex"]), m.get("anchor") == "c_terminal"
-        hits = []                                        # (protein index, match start, match end)
-        for p, (header, seq) in enumerate(proteins):
-            if c_term:
-                if "(Fragment)" in header:
-                    continue
-                hit = pattern.search(seq)
-                if hit and hit.end() == len(seq):
-                    hits.append((p, hit.start(), hit.end()))
-            else:
-                hits += [(p, h.start(), h.end()) for h in pattern.finditer(seq)]
-        order, seen, made = rng.permutation(len(hits)), set(), 0
-        for _ in range(windows_per_match):
-            for k in order:
-                if made >= per_class_max:
-                    break
-                p, start, end = hits[k]
-                seq = proteins[p][1]
-                length = min(max(int(rng.integers(MOTIF_WINDOW[0], MOTIF_WINDOW[1] + 1)), end - start), len(seq))
-                if length < max(MIN_LEN, end - start) or length > MAX_LEN:
-                    continue
-                if c_term:
-                    left = len(seq) - length
-                else:                                    # any offset that keeps the whole match inside
-                    left = int(rng.integers(max(0, end - length), min(start, len(seq) - length) + 1))
-                pep = seq[left:left + length]
-                if pep in seen or not set(pep) <= standard:
-                    continue
-                seen.add(pep)
-                rows.append((m["target"], pep, accession(proteins[p][0])))
-                made += 1
-    return rows
-
-
-def read_interactions(path) -> list:
-    """[(target, peptide, source)] from a CSV with header target,sequence[,source]."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f)
-        header = [h.strip().lower() for h in next(reader, [])]
-        if header not in (["target", "sequence"], ["target", "sequence", "source"]):
-            raise DataError(f"{path}, line 1: bad header {','.join(header) or '(empty)'}; "
-                            f"expected target,sequence with an optional source column")
-        for lineno, row in enumerate(reader, start=2):
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if len(row) != len(header):
-                raise DataError(f"{path}, line {lineno}: {len(row)} fields, expected {len(header)}")
-            target, seq = row[0].strip(), row[1].strip().upper()
-            if not target:
-                raise DataError(f"{path}, line {lineno}: no target")
-            if _NOT_FASTA_LETTER.search(seq) or not MIN_LEN <= len(seq) <= MAX_LEN:
-                raise DataError(f"{path}, line {lineno}: '{seq}' is not a peptide of {MIN_LEN}-{MAX_LEN} letters")
-            rows.append((target, seq, row[2].strip() if len(row) > 2 else ""))
-    return rows
-
-
-# --- background windows ----------------------------------------------------------------------
-
-BACKGROUND_TRIES = 30       # random draws per row before it is filled by a scan of the cycle
-
-
-def background_windows(proteins, n: int, length_probs, exclude, rng) -> tuple[list, int]:
-    """([(window, source accession)] * n, windows skipped for non-residue letters).
-
-    Each row first gets a length drawn from length_probs (over lengths 0..MAX_LEN), then a protein:
-    row i goes to the (i mod P)-th protein of a shuffled cycle, so every protein supplies the same
-    number of rows (+-1); a protein shorter than the row hands it to the next one in the cycle that is
-    long enough. Within its protein a row takes a random window that has only standard residues
-    (others are skipped and counted), is new, and is not in `exclude`. A row that finds no such
-    window in BACKGROUND_TRIES draws (its protein is nearly used up) takes a free window found by
-    scanning its protein, then the next ones in the cycle; a DataError says when none is left."""
-    probs = np.asarray(length_probs, dtype=float)
-    if probs.shape != (MAX_LEN + 1,) or (probs < 0).any() or probs.sum() <= 0 or probs[:MIN_LEN].any():
-        raise DataError(f"length_probs must be {MAX_LEN + 1} non-negative weights with mass only on "
-                        f"lengths {MIN_LEN}-{MAX_LEN}")
-    if n <= 0:
-        return [], 0
-    if not proteins:
-        raise DataError(f"no proteins to cut {n} background windows from")
-    seqs = [s for _, s in proteins]
-    lens = np.array([len(s) for s in seqs], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lens)[:-1]])
-    buf = np.frombuffer("".join(seqs).encode("ascii"), dtype=np.uint8)
-    standard = np.zeros(256, dtype=bool)
-    standard[np.frombuffer(RESIDUES.encode(), dtype=np.uint8)] = True
-
-    # lengths first (so they follow length_probs exactly as drawn), then the round-robin owner
-    lengths = rng.choice(MAX_LEN + 1, size=n, p=probs / probs.sum())
-    cycle = rng.permutation(len(proteins))
-    slot = np.arange(n) % len(cycle)
-    owner_slot = np.empty(n, dtype=np.int64)          # position in the cycle of each row's protein
-    for length in np.unique(lengths):
-        rows = np.flatnonzero(lengths == length)
-        fits = np.flatnonzero(lens[cycle] >= length)
-        if fits.size == 0:
-            raise DataError(f"no protein is {length} residues long, so no background window of that length")
-        owner_slot[rows] = fits[np.searchsorted(fits, slot[rows]) % fits.size]
-
-    windows, sources = [None] * n, [None] * n
-    taken, skipped = set(), 0
-    pending = np.arange(n)
-    for _ in range(BACKGROUND_TRIES):
-        if pending.size == 0:
-            break
-        retry = []
-        for length in np.unique(lengths[pending]):
-            rows = pending[lengths[pending] == length]
-            prot = cycle[owner_slot[rows]]
-            starts = offsets[prot] + rng.integers(0, lens[prot] - length + 1)
-            cut = buf[starts[:, None] + np.arange(length)]               # (rows, length) letters
-            clean = standard[cut].all(axis=1)
-            skipped += int((~clean).sum())
-            words = cut.view(f"S{length}").ravel().astype(f"U{length}").tolist()
-            for i, w, ok, p in zip(rows.tolist(), words, clean.tolist(), prot.tolist()):
-                if ok and w not in taken and w not in exclude:
-                    taken.add(w)
-                    windows[i], sources[i] = w, p
-                else:
-                    retry.append(i)
-        pending = np.array(sorted(retry), dtype=np.int64)
-
-    # Rows still open: their protein is (nearly) used up. Scan the cycle onward for a free window.
-    free, letters = {}, set(RESIDUES)                   # (protein, length) -> its windows, shuffled
-    for i in pending.tolist():
-        length = int(lengths[i])
-        for step in range(len(cycle)):
-            p = int(cycle[(owner_slot[i] + step) % len(cycle)])
-            if lens[p] < length:
-                continue
-            if (p, length) not in free:
-                seq = seqs[p]
-                cand = [seq[j:j + length] for j in range(len(seq) - length + 1)]
-                free[(p, length)] = [cand[j] for j in rng.permutation(len(cand))]
-            pool = free[(p, length)]
-            while pool and (pool[-1] in taken or pool[-1] in exclude or not set(pool[-1]) <= letters):
-                pool.pop()
-            if pool:
-                w = pool.pop()
-                taken.add(w)
-                windows[i], sources[i] = w, p
-                break
-        else:
-            raise DataError(f"the {len(proteins)} proteins cannot supply {n} unique background windows "
-                            f"(ran out at length {length}); give more proteins or ask for fewer rows")
-    names = [accession(h) for h, _ in proteins]
-    return [(w, names[p]) for w, p in zip(windows, sources)], skipped
-
-
-# --- length checks (the verifier's report) ---------------------------------------------------
+# --- verify-data: the contract, and whether both labels' lengths match ----------------------
 
 MAX_LENGTH_TV = 0.05
-
-
-def length_histogram(sequences) -> np.ndarray:
-    """Counts of sequences by length, over lengths 0..MAX_LEN."""
-    counts = np.bincount([len(s) for s in sequences], minlength=MAX_LEN + 1)
-    if counts.size > MAX_LEN + 1:
-        raise DataError(f"a sequence is longer than {MAX_LEN}")
-    return counts
 
 
 def length_distributions_match(c0, c1, max_tv: float = MAX_LENGTH_TV) -> tuple[bool, float]:
@@ -765,65 +471,6 @@ def verify_data(path) -> tuple[bool, str]:
                f"unique rows, no background sequence equal to an interacting one)",
                f"length distributions {'match' if lengths_ok else 'DO NOT match'} (total variation {tv:.4f})"]
     return not problems and lengths_ok, describe_rows(rows) + "\n" + "\n".join(verdict)
-
-
-# --- the builder -----------------------------------------------------------------------------
-
-
-def build_dataset(out_path, human_fastas, viral_fastas, other_fastas=(), interactions_csv=None,
-                  motifs_path=None, n_human: int = 500_000, n_viral: int = 500_000, seed: int = 0) -> dict:
-    """Write the `label,target,sequence,source` CSV (gzipped when out_path ends in .gz) and return a
-    summary. Label-1 rows: the interactions CSV, then motif-derived peptides from all the proteins.
-    Background: n_human windows from the human files and the other (non-viral) files pooled, n_viral
-    from the viral files, none equal to a label-1 peptide or to each other. Same inputs and seed,
-    same bytes."""
-    t0 = time.perf_counter()
-    rng_motif, rng_human, rng_viral = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
-    human = [r for f in [*human_fastas, *other_fastas] for r in read_fasta(f)]
-    viral = [r for f in viral_fastas for r in read_fasta(f)]
-
-    positives = list(read_interactions(interactions_csv)) if interactions_csv else []
-    if motifs_path:
-        positives += motif_peptides(human + viral, read_motifs(motifs_path), rng_motif)
-    unique, seen = [], set()
-    for row in positives:                               # each (target, peptide) pair once; the first wins
-        if row[:2] not in seen:
-            seen.add(row[:2])
-            unique.append(row)
-    positives = unique
-    if not positives:
-        raise DataError("no interacting peptides: give an interactions CSV, a motifs JSON, or both")
-    peptides = [s for _, s, _ in positives]
-    length_counts = length_histogram(peptides)
-
-    exclude = set(peptides)
-    human_rows, human_skipped = background_windows(human, n_human, length_counts, exclude, rng_human)
-    exclude |= {w for w, _ in human_rows}
-    viral_rows, viral_skipped = background_windows(viral, n_viral, length_counts, exclude, rng_viral)
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["label", "target", "sequence", "source"])
-    w.writerows((1, t, s, src) for t, s, src in positives)
-    w.writerows((0, "", s, src) for s, src in human_rows + viral_rows)
-    out_path = Path(out_path)
-    if out_path.suffix == ".gz":
-        write_gzip(out_path, buf.getvalue().encode())
-    else:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(buf.getvalue())
-
-    per_target = {}
-    for t, _, _ in positives:
-        per_target[t] = per_target.get(t, 0) + 1
-    background_counts = length_histogram([s for s, _ in human_rows + viral_rows])
-    return {"out": str(out_path), "seed": seed, "n_interacting": len(positives), "per_target": per_target,
-            "n_human": len(human_rows), "n_viral": len(viral_rows),
-            "n_human_proteins": len(human), "n_viral_proteins": len(viral),
-            "skipped_nonresidue": {"human": human_skipped, "viral": viral_skipped},
-            "length_tv": length_distributions_match(background_counts, length_counts)[1],
-            "length_table": format_length_table(background_counts, length_counts),
-            "seconds": round(time.perf_counter() - t0, 2)}
 
 
 # =============================================================================================
@@ -1604,6 +1251,34 @@ def random_peptides(n: int, comp, length_p, seed: int = 0) -> list:
     return ["".join(rng.choice(letters, size=k, p=comp)) for k in lengths]
 
 
+def read_motifs(path) -> list[dict]:
+    """Motif classes from a JSON list of {"target", "elm_class", "description", "regex", "anchor"}.
+    A c_terminal regex must end with '$' so it can only match at the protein's last residue."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    try:
+        motifs = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(motifs, list) or not motifs:
+        raise DataError(f"{path}: expected a non-empty list of motif classes")
+    for i, m in enumerate(motifs):
+        where = f"{path}, motif {i + 1}"
+        if not isinstance(m, dict) or not m.get("target") or not m.get("regex"):
+            raise DataError(f"{where}: needs a 'target' and a 'regex'")
+        if m.get("anchor", "internal") not in ("internal", "c_terminal"):
+            raise DataError(f"{where}: anchor '{m['anchor']}' is not 'internal' or 'c_terminal'")
+        if m.get("anchor") == "c_terminal" and not m["regex"].endswith("$"):
+            raise DataError(f"{where}: a c_terminal regex must end with '$'")
+        try:
+            re.compile(m["regex"])
+        except re.error as e:
+            raise DataError(f"{where}: bad regex '{m['regex']}' ({e})") from e
+    return motifs
+
+
+
 def load_motifs(path=DEMO_MOTIFS) -> dict:
     """target -> compiled regex, from a motifs JSON (see read_motifs)."""
     return {m["target"]: re.compile(m["regex"]) for m in read_motifs(path)}
@@ -1859,300 +1534,6 @@ def zip_run(run_dir) -> Path:
 
 
 # =============================================================================================
-# Benchmark: how fast this machine loads data, trains each preset and samples
-# =============================================================================================
-#
-# Everything is timed through the functions training uses (load_rows, Vocab, DeviceData,
-# epoch_permutation, Trainer.train_step, sample_tokens), on a synthetic CSV of N unique rows: random
-# peptides with lengths uniform over 4-20, 4,000 of them label 1 over 800 targets.
-
-BENCH_BATCH = 256
-# A straightforward implementation (per-sample Dataset + DataLoader, nn.MultiheadAttention, a padded
-# forward pass, .item() every step) on a 2-core CPU with torch 2.13, batch 256, 1,000,000 rows:
-# samples/s of the data path; seconds per training step; seconds to sample 256 peptides (small).
-REFERENCE = {"data_path": 46_000, "step_small": 0.176, "step_medium": 0.700, "step_large": 3.7,
-             "sample_small": 0.57}
-BENCH_STEPS = {"tiny": (3, 20), "small": (3, 10), "medium": (2, 5), "large": (1, 3)}  # (warm-up, timed)
-GPU_PEAKS = {"T4 (65 TFLOP/s fp16)": 65e12, "A100 (312 TFLOP/s bf16)": 312e12}
-
-
-def synthetic_csv(path, n: int, n_interacting: int = 4000, n_targets: int = 800, seed: int = 0) -> Path:
-    """A valid dataset of n distinct random peptides (lengths 4-20); the first n_interacting are label 1."""
-    rng = np.random.default_rng(seed)
-    letters = np.frombuffer(RESIDUES.encode(), dtype=np.uint8)
-    seqs = np.array([], dtype=f"S{MAX_LEN}")
-    while len(seqs) < n:                        # draw, drop repeats (short peptides collide), top up
-        m = int(1.1 * (n - len(seqs))) + 1000
-        tok = letters[rng.integers(0, len(letters), (m, MAX_LEN))]
-        tok[np.arange(MAX_LEN)[None] >= rng.integers(MIN_LEN, MAX_LEN + 1, m)[:, None]] = 0
-        fresh = np.concatenate([seqs, tok.view(f"S{MAX_LEN}").ravel()])
-        _, first = np.unique(fresh, return_index=True)
-        seqs = fresh[np.sort(first)]
-    seqs = seqs[:n].astype(f"U{MAX_LEN}").tolist()
-    k = min(n_interacting, n // 2)
-    lines = [f"1,T{i % n_targets:04d},{s}" for i, s in enumerate(seqs[:k])] + [f"0,,{s}" for s in seqs[k:]]
-    Path(path).write_text("label,target,sequence\n" + "\n".join(lines) + "\n")
-    return Path(path)
-
-
-def _timed(fn, device) -> float:
-    """Seconds for fn(), with the device's queue drained before and after."""
-    _drain(device)
-    t0 = time.perf_counter()
-    fn()
-    _drain(device)
-    return time.perf_counter() - t0
-
-
-def _drain(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _flop_counter():
-    """torch's FLOP counter (matmuls and attention, forward and backward), taught the CPU attention kernel."""
-    from torch.utils import flop_counter as fc
-    aten, mapping = torch.ops.aten, {}
-    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        mapping = {aten._scaled_dot_product_flash_attention_for_cpu:
-                   lambda q, k, v, *a, **kw: fc.sdpa_flop_count(q, k, v),
-                   aten._scaled_dot_product_flash_attention_for_cpu_backward:
-                   lambda grad_out, q, k, v, *a, **kw: fc.sdpa_backward_flop_count(grad_out, q, k, v)}
-    return fc.FlopCounterMode(display=False, custom_mapping=mapping)
-
-
-SYNC_EVENTS = ("aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize")
-
-
-def profile_step(trainer, idx) -> dict:
-    """Operators, GPU kernels and host syncs in one train_step (torch.profiler). A sync is a read of a
-    tensor's value by the host (.item(), bool(), .tolist(), nonzero...). The CPU's fused AdamW reads its
-    step counters, which live in host memory there, inside its kernel: those are counted apart."""
-    from torch.profiler import ProfilerActivity, profile, record_function
-    cuda = trainer.device.type == "cuda"
-    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
-        with record_function("mimir_train_step"):
-            trainer.train_step(*trainer.train_data.batch(idx))
-        _drain(trainer.device)
-
-    def ancestors(e):
-        while e is not None:
-            yield e.name
-            e = e.cpu_parent
-
-    inside = [e for e in prof.events() if "mimir_train_step" in ancestors(e)]
-    syncs = [e for e in inside if e.name in SYNC_EVENTS]
-    counters = [e for e in syncs if not cuda and "aten::_fused_adamw_" in ancestors(e)]
-    sources = {}
-    for e in syncs:
-        if e not in counters:
-            op = next((n for n in ancestors(e.cpu_parent) if n.startswith("aten::")), e.name)
-            sources[op] = sources.get(op, 0) + 1
-    return {"ops": sum(e.name.startswith("aten::") for e in inside), "syncs": len(syncs) - len(counters),
-            "sync_sources": sources, "optimizer_counter_reads": len(counters),
-            "kernels": sum(e.device_type == torch.autograd.DeviceType.CUDA for e in prof.events())}
-
-
-def bench_preset(name: str, rows: Rows, device, steps: int, warmup: int) -> dict:
-    """A Trainer of preset `name` at batch 256: set-up time, median step time after warm-up (on the CPU
-    also with PAD rows computed, as on a GPU), FLOPs of a step as executed and padded, operators and
-    syncs, peak memory."""
-    cfg = make_config(name, device=str(device), batch_size=BENCH_BATCH)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        trainer = Trainer(cfg, Path(tmp) / name, rows=rows)
-        setup = time.perf_counter() - t0
-        trainer.model.train()
-        perm = epoch_permutation(len(trainer.train_data), cfg.seed, 0, trainer.device)
-        batches = (perm[b * BENCH_BATCH:(b + 1) * BENCH_BATCH] for b in itertools.cycle(range(len(perm) // BENCH_BATCH)))
-        step = lambda: trainer.train_step(*trainer.train_data.batch(next(batches)))
-        for _ in range(warmup):
-            step()
-        times = [_timed(step, trainer.device) for _ in range(steps)]
-        trainer.model.pack_residues = False             # the same step computing PAD rows, as a GPU does
-        padded_times = [_timed(step, trainer.device) for _ in range(steps)] if device.type == "cpu" else times
-        flops = {}
-        for packed in (None, False):                    # as executed, then padded (what a GPU computes)
-            trainer.model.pack_residues = packed
-            with _flop_counter() as counter:
-                step()
-            flops[packed] = counter.get_total_flops()
-        trainer.model.pack_residues = None
-        out = {"params": count_params(trainer.model), "setup_s": setup, "step_s": float(np.median(times)),
-               "padded_step_s": float(np.median(padded_times)),
-               "flops": flops[None], "padded_flops": flops[False], **profile_step(trainer, next(batches))}
-        del trainer, step
-    out["peak_bytes"] = peak_memory(device)
-    return out
-
-
-def bench_sampling(vocab: Vocab, device, repeats: int, guidance: float, n: int = 256) -> tuple:
-    """(seconds, FLOPs) for sample_tokens to write n label-1 peptides of lengths 4-20 with a freshly
-    initialised small model (speed does not depend on the weights); median of `repeats`."""
-    cfg = make_config("small", device=str(device))
-    run = Run(cfg, vocab, build_model(cfg, vocab, device).eval(), D3PM(len(vocab.letters), cfg.n_steps, device),
-              {}, device, Path("."))
-    lengths = np.random.default_rng(0).integers(MIN_LEN, MAX_LEN + 1, n)
-    g = torch.Generator(device=device).manual_seed(0)
-    sample = lambda: sample_tokens(run, lengths, 1, 1, guidance, generator=g)
-    with _flop_counter() as counter:
-        sample()
-    return float(np.median([_timed(sample, device) for _ in range(repeats)])), counter.get_total_flops()
-
-
-def bench_matmul(device, repeats: int) -> tuple:
-    """(FLOP/s, what): one large square matmul in the training precision, the practical ceiling."""
-    dtype = amp_dtype(device) or torch.float32
-    n = 8192 if device.type == "cuda" else 2048
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    a @ b
-    seconds = float(np.median([_timed(lambda: a @ b, device) for _ in range(repeats)]))
-    return 2 * n ** 3 / seconds, f"{n}x{n}x{n} {str(dtype).replace('torch.', '')}"
-
-
-def peak_memory(device) -> int:
-    """Bytes: the peak CUDA allocation, or the process's peak resident set on the CPU (it only grows)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024          # Linux reports KiB
-
-
-def _si(x: float, unit: str = "") -> str:
-    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= factor:
-            return f"{x / factor:.3g} {prefix}{unit}"
-    return f"{x:.3g} {unit}".strip()
-
-
-def _secs(s: float) -> str:
-    if s < 1:
-        return f"{s * 1e3:.1f} ms"
-    return f"{s:.2f} s" if s < 120 else (f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h")
-
-
-def format_benchmark(r: dict) -> str:
-    """The measurements as a Markdown table (measure | this machine | reference | speed-up), then the
-    FLOP-based lower bound of an epoch on a T4 and an A100: arithmetic, not measurement."""
-    speedup = lambda ours_s, ref_s: f"{ref_s / ours_s:.2f}x"          # > 1: faster than the reference
-    epoch_steps = 1_000_000 / BENCH_BATCH
-    ceiling, ceiling_what = r["matmul"]
-    ld, dp, n = r["loading"], r["data_path"], r["rows"]
-    gpu = r["device"].startswith("cuda")
-    rows = [("device", f"{r['device']} ({r['precision']})", "", ""), ("hardware", r["hardware"], "", ""),
-            ("software", r["software"], "", ""),
-            ("matmul ceiling", f"{_si(ceiling, 'FLOP/s')} ({ceiling_what})", "", ""),
-            (f"load + validate + tokenize {n:,} rows", f"{_secs(sum(ld.values()))} (load_rows {_secs(ld['load'])}, "
-             f"vocabulary {_secs(ld['vocab'])}, encode {_secs(ld['encode'])})", "", ""),
-            (f"{n:,} rows onto the device", _secs(dp["to_device_s"]), "", ""),
-            ("data path: permutation + batch gather", f"{_si(dp['samples_per_s'])} samples/s ({dp['batch_ms']:.3f} "
-             f"ms a batch)", f"{_si(REFERENCE['data_path'])} samples/s",
-             f"{dp['samples_per_s'] / REFERENCE['data_path']:.1f}x")]
-    first = next(iter(r["presets"].values()), None)
-    if first:
-        rows.append((f"Trainer set-up on {n:,} rows (split, device data, statistics, model)",
-                     _secs(first["setup_s"]), "", ""))
-    for name, p in r["presets"].items():
-        ref = REFERENCE.get(f"step_{name}")
-        syncs = f"{p['syncs']}" + "".join(f", {k} x {op}" for op, k in p["sync_sources"].items())
-        if p["optimizer_counter_reads"]:
-            syncs += f" (+ {p['optimizer_counter_reads']} reads of AdamW step counters kept in host memory)"
-        rows += [(f"{name} ({p['params'] / 1e6:.2f}M params): training step", _secs(p["step_s"]),
-                  _secs(ref) if ref else "", speedup(p["step_s"], ref) if ref else ""),
-                 *([(f"{name}: the same step computing PAD rows (as on a GPU)", _secs(p["padded_step_s"]), "",
-                     f"{p['padded_step_s'] / p['step_s']:.2f}x from skipping them")] if not gpu else []),
-                 (f"{name}: samples/s; epoch of 1,000,000 rows", f"{_si(BENCH_BATCH / p['step_s'])}; "
-                  f"{_secs(epoch_steps * p['step_s'])}", f"{_si(BENCH_BATCH / ref)}; {_secs(epoch_steps * ref)}"
-                  if ref else "", ""),
-                 (f"{name}: FLOPs per step (executed; padded)", f"{_si(p['flops'], 'FLOP')}; "
-                  f"{_si(p['padded_flops'], 'FLOP')}", "", ""),
-                 (f"{name}: achieved FLOP/s", f"{_si(p['flops'] / p['step_s'], 'FLOP/s')} "
-                  f"({100 * p['flops'] / p['step_s'] / ceiling:.0f}% of the matmul ceiling)", "", ""),
-                 (f"{name}: operators per step", f"{p['ops']:,}" + (f" ({p['kernels']:,} GPU kernels)" if gpu else ""),
-                  "", ""),
-                 (f"{name}: host syncs per step", syncs, "", ""),
-                 (f"{name}: peak memory", _si(p["peak_bytes"], "B") + ("" if gpu else " (process peak so far)"), "", "")]
-    if "small" in r["presets"]:
-        rows.append(("data path share of a small step", f"{dp['batch_ms'] / 1e3 / r['presets']['small']['step_s']:.2%}",
-                     "", ""))
-    for guidance, (s, flops) in r["sampling"].items():
-        ref = REFERENCE["sample_small"] if guidance == 0 else None
-        rows.append((f"sampling 256 peptides (small, guidance {guidance:g})", f"{_secs(s)} ({_si(256 / s)} "
-                     f"peptides/s, {_si(flops, 'FLOP')})", _secs(ref) if ref else "", speedup(s, ref) if ref else ""))
-    table = ["| measure | this machine | reference | speed-up |", "|---|---|---|---|"]
-    table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    table += ["", "FLOP-based lower bound of an epoch of 1,000,000 rows at batch 256 on a GPU (padded FLOPs "
-              "over peak tensor throughput; arithmetic, not measurement):", "",
-              "| preset | padded FLOPs per epoch | " + " | ".join(GPU_PEAKS) + " |", "|---|---|" + "---|" * len(GPU_PEAKS)]
-    for name, p in r["presets"].items():
-        epoch_flops = p["padded_flops"] * epoch_steps
-        table.append(f"| {name} | {_si(epoch_flops, 'FLOP')} | "
-                     + " | ".join(_secs(epoch_flops / peak) for peak in GPU_PEAKS.values()) + " |")
-    return "\n".join(table)
-
-
-def _cpu_name() -> str:
-    """The processor's model name (Linux), else what the platform module knows."""
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-             if ln.startswith("model name")] if cpuinfo.exists() else []
-    return names[0] if names else platform.processor()
-
-
-def benchmark(device: str = "auto", presets=("small", "medium", "large"), n_rows: int = 1_000_000,
-              full: bool = False, out=None) -> str:
-    """Measure everything (progress on stderr), write the Markdown table to `out` if given, return it."""
-    dev = pick_device(device)
-    repeats = 4 if full else 1
-    r = {"device": str(dev), "precision": str(amp_dtype(dev) or torch.float32).replace("torch.", ""),
-         "hardware": (torch.cuda.get_device_name(dev) + ", " if dev.type == "cuda" else "")
-         + f"{_cpu_name()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)",
-         "software": f"torch {torch.__version__}, python {sys.version.split()[0]}, numpy {np.__version__}",
-         "rows": n_rows, "presets": {}}
-    log(f"benchmark on {dev}: matmul ceiling, then a {n_rows:,}-row synthetic CSV")
-    r["matmul"] = bench_matmul(dev, repeats=5 * repeats)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = synthetic_csv(Path(tmp) / "data.csv", n_rows)
-        t = {}
-        t0 = time.perf_counter()
-        rows = load_rows(path)
-        t["load"], t0 = time.perf_counter() - t0, time.perf_counter()
-        vocab = Vocab.from_rows(rows)
-        t["vocab"], t0 = time.perf_counter() - t0, time.perf_counter()
-        vocab.encode(rows.sequences)
-        t["encode"] = time.perf_counter() - t0
-        r["loading"] = t
-    log("benchmark: data path")
-    t0 = time.perf_counter()
-    data = DeviceData(rows, vocab, np.arange(len(rows.sequences)), dev)
-    _drain(dev)
-    to_device = time.perf_counter() - t0
-    n_batches = len(data) // BENCH_BATCH
-
-    def epoch(e):
-        perm = epoch_permutation(len(data), 0, e, dev)
-        for b in range(n_batches):
-            data.batch(perm[b * BENCH_BATCH:(b + 1) * BENCH_BATCH])
-    seconds = float(np.median([_timed(lambda: epoch(e), dev) for e in range(repeats)]))
-    r["data_path"] = {"to_device_s": to_device, "samples_per_s": n_batches * BENCH_BATCH / seconds,
-                      "batch_ms": 1e3 * seconds / n_batches}
-    del data
-    for name in presets:
-        warmup, steps = BENCH_STEPS.get(name, (2, 5))
-        log(f"benchmark: preset {name}, {warmup} + {steps * repeats} steps")
-        r["presets"][name] = bench_preset(name, rows, dev, steps * repeats, warmup)
-    log("benchmark: sampling")
-    r["sampling"] = {g: bench_sampling(vocab, dev, 3 * repeats, g) for g in (0.0, DEFAULT_GUIDANCE)}
-    table = format_benchmark(r)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(table + "\n")
-    return table
-
-
-# =============================================================================================
 # Command line
 # =============================================================================================
 
@@ -2211,31 +1592,10 @@ def cmd_evaluate(args):
     log(f"wrote evaluation.json and evaluation.png in {report['run_dir']}")
 
 
-def cmd_build_dataset(args):
-    s = build_dataset(args.out, args.human, args.viral, args.other, args.interactions, args.motifs,
-                      args.n_human, args.n_viral, args.seed)
-    print(f"wrote {s['out']} in {s['seconds']} s: {s['n_interacting']} interacting peptides "
-          f"({', '.join(f'{t} {n}' for t, n in s['per_target'].items())}), "
-          f"{s['n_human']} human + {s['n_viral']} viral background windows "
-          f"({s['skipped_nonresidue']['human'] + s['skipped_nonresidue']['viral']} windows with "
-          f"non-residue letters skipped)")
-    print(s["length_table"])
-
-
 def cmd_verify_data(args):
     ok, report = verify_data(args.path)
     print(report)
     sys.exit(0 if ok else 1)
-
-
-def cmd_benchmark(args):
-    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
-    unknown = [p for p in presets if p not in PRESETS]
-    if unknown or not presets:
-        raise DataError(f"--presets takes a comma-separated list of {', '.join(PRESETS)} (got '{args.presets}')")
-    print(benchmark(args.device, presets, args.rows, args.full, args.out))
-    if args.out:
-        log(f"wrote {args.out}")
 
 
 def cmd_presets(args):
@@ -2303,26 +1663,6 @@ def build_parser():
     p = sub.add_parser("verify-data", help="check a dataset against the contract; exit 0 only if all holds")
     p.add_argument("path", help="CSV or CSV.gz with header label,target,sequence[,source]")
     p.set_defaults(func=cmd_verify_data)
-
-    p = sub.add_parser("build-dataset", help="build a dataset from protein FASTA files (the real set's recipe)")
-    p.add_argument("--human", nargs="+", default=[], help="human protein FASTA file(s) (.gz ok)")
-    p.add_argument("--viral", nargs="+", default=[], help="viral protein FASTA file(s)")
-    p.add_argument("--other", nargs="+", default=[], help="more non-viral FASTA files, pooled with --human")
-    p.add_argument("--interactions", default=None, help="CSV target,sequence[,source] of interacting peptides")
-    p.add_argument("--motifs", default=None, help="motif classes JSON; their windows become label-1 rows")
-    p.add_argument("--n-human", type=int, default=500_000, help="background windows from human (+other) proteins")
-    p.add_argument("--n-viral", type=int, default=500_000, help="background windows from viral proteins")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output CSV (.csv or .csv.gz)")
-    p.set_defaults(func=cmd_build_dataset)
-
-    p = sub.add_parser("benchmark", help="measure data loading, training steps and sampling on this machine")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--presets", default="small,medium,large", help="comma-separated presets to time")
-    p.add_argument("--rows", type=int, default=1_000_000, help="rows of the synthetic dataset (default 1,000,000)")
-    p.add_argument("--full", action="store_true", help="four times the repetitions: slower, steadier figures")
-    p.add_argument("--out", default="checkpoints/benchmark.md", help="where to write the table ('' for nowhere)")
-    p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("presets", help="print each preset's settings and parameter count as JSON")
     p.add_argument("--vocab-size", type=int, default=25, help="tokens including PAD (real data: 25)")

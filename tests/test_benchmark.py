@@ -1,4 +1,4 @@
-"""The benchmark command: one tiny run through the command line, its table, and the sync counter."""
+"""scripts/benchmark.py: one tiny run through the command line, its table, and the sync counter."""
 import contextlib
 import io
 import re
@@ -6,6 +6,7 @@ import re
 import pytest
 import torch
 
+import benchmark as bench
 import mimir_core as mc
 from conftest import write_fixture
 
@@ -25,16 +26,16 @@ def parse_table(markdown: str) -> tuple[list, dict]:
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
-    """`python mimir_core.py benchmark` with tiny settings: (printed text, the file it wrote)."""
+    """`python scripts/benchmark.py` with tiny settings: (printed text, the file it wrote)."""
     out = tmp_path_factory.mktemp("bench") / "table.md"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        mc.main(["benchmark", "--device", "cpu", "--presets", "tiny,small", "--rows", "5000", "--out", str(out)])
+        bench.main(["--device", "cpu", "--presets", "tiny,small", "--rows", "5000", "--out", str(out)])
     return printed.getvalue(), out.read_text()
 
 
 def test_defaults_follow_the_spec():
-    args = mc.build_parser().parse_args(["benchmark"])
+    args = bench.build_parser().parse_args([])
     assert (args.device, args.presets, args.rows, args.full) == ("auto", "small,medium,large", 1_000_000, False)
 
 
@@ -71,7 +72,7 @@ def test_the_sync_counter_sees_a_sync_when_there_is_one(tmp_path, monkeypatch):
     trainer = mc.Trainer(mc.make_config("tiny", data=str(write_fixture(tmp_path / "d.csv")), device="cpu"),
                          tmp_path / "run")
     idx = torch.arange(64)
-    assert mc.profile_step(trainer, idx)["syncs"] == 0
+    assert bench.profile_step(trainer, idx)["syncs"] == 0
     original = mc.D3PM.losses
 
     def losses_that_read_a_value(self, *args, **kwargs):
@@ -79,10 +80,10 @@ def test_the_sync_counter_sees_a_sync_when_there_is_one(tmp_path, monkeypatch):
         float(ce.detach())                             # a host read, as a log line per step would do
         return ce, vb
     monkeypatch.setattr(mc.D3PM, "losses", losses_that_read_a_value)
-    assert mc.profile_step(trainer, idx)["syncs"] == 1
+    assert bench.profile_step(trainer, idx)["syncs"] == 1
 
 
 def test_unknown_preset_is_a_clear_error(capsys):
     with pytest.raises(SystemExit) as e:
-        mc.main(["benchmark", "--presets", "small,huge"])
+        bench.main(["--presets", "small,huge"])
     assert e.value.code == 2 and "huge" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import build_dataset as bd
 import mimir_core as mc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +69,7 @@ def inputs(tmp_path):
 def build(inputs, out, seed=0, **kw):
     args = dict(human_fastas=[inputs["human"]], viral_fastas=[inputs["viral"]], motifs_path=inputs["motifs"],
                 interactions_csv=inputs["pairs"], n_human=3000, n_viral=2000, seed=seed)
-    return mc.build_dataset(out, **{**args, **kw})
+    return bd.build_dataset(out, **{**args, **kw})
 
 
 def read_csv(path):
@@ -86,7 +87,7 @@ def test_read_fasta_handles_gzip_crlf_blank_lines_and_lowercase(tmp_path):
     p = tmp_path / "p.fasta.gz"
     with gzip.open(p, "wb") as f:
         f.write(b">sp|P12345|A_HUMAN first OS=Homo sapiens\r\nacdef\r\n\r\nGHIKX\r\n\n>second  \r\nMNPQ\r\n")
-    assert mc.read_fasta(p) == [("sp|P12345|A_HUMAN first OS=Homo sapiens", "ACDEFGHIKX"), ("second", "MNPQ")]
+    assert bd.read_fasta(p) == [("sp|P12345|A_HUMAN first OS=Homo sapiens", "ACDEFGHIKX"), ("second", "MNPQ")]
 
 
 @pytest.mark.parametrize("text, line, reason", [
@@ -101,31 +102,31 @@ def test_bad_fasta_is_an_error_naming_file_and_line(tmp_path, text, line, reason
     p = tmp_path / "bad.fasta"
     p.write_text(text)
     with pytest.raises(mc.DataError, match=re.escape(f"{p}, line {line}: {reason}")):
-        mc.read_fasta(p)
+        bd.read_fasta(p)
 
 
 def test_empty_or_missing_fasta_is_an_error(tmp_path):
     (tmp_path / "empty.fasta").write_text("\n\n")
     with pytest.raises(mc.DataError, match="no FASTA records"):
-        mc.read_fasta(tmp_path / "empty.fasta")
+        bd.read_fasta(tmp_path / "empty.fasta")
     with pytest.raises(mc.DataError, match="file not found"):
-        mc.read_fasta(tmp_path / "missing.fasta")
+        bd.read_fasta(tmp_path / "missing.fasta")
 
 
 def test_header_fields():
     h = "sp|Q9Y4B4|ARIP4_HUMAN Helicase ARIP4 OS=Homo sapiens GN=RAD54L2 PE=1 SV=4 Split=0"
-    assert mc.accession(h) == "Q9Y4B4" and mc.organism(h) == "Homo sapiens" and mc.is_human(h)
+    assert bd.accession(h) == "Q9Y4B4" and bd.organism(h) == "Homo sapiens" and bd.is_human(h)
     v = "tr|W0FSK4|W0FSK4_9FLAV Genome polyprotein (Fragment) OS=Dengue virus 3 PE=4 SV=1"
-    assert mc.accession(v) == "W0FSK4" and mc.is_viral(v) and not mc.is_human(v)
-    assert mc.accession("ENSP0001.2 some protein") == "ENSP0001.2" and mc.organism("x") == ""
+    assert bd.accession(v) == "W0FSK4" and bd.is_viral(v) and not bd.is_human(v)
+    assert bd.accession("ENSP0001.2 some protein") == "ENSP0001.2" and bd.organism("x") == ""
 
 
 def test_subset_fasta_keeps_matching_records_deterministically(tmp_path, inputs):
     src = write_fasta(tmp_path / "all.fasta", inputs["records"]["human"] + inputs["records"]["viral"])
-    assert mc.subset_fasta(src, tmp_path / "a.fasta.gz", mc.is_viral) == 17
-    mc.subset_fasta(src, tmp_path / "b.fasta.gz", mc.is_viral)
+    assert bd.subset_fasta(src, tmp_path / "a.fasta.gz", bd.is_viral) == 17
+    bd.subset_fasta(src, tmp_path / "b.fasta.gz", bd.is_viral)
     assert (tmp_path / "a.fasta.gz").read_bytes() == (tmp_path / "b.fasta.gz").read_bytes()
-    assert mc.read_fasta(tmp_path / "a.fasta.gz") == inputs["records"]["viral"]
+    assert bd.read_fasta(tmp_path / "a.fasta.gz") == inputs["records"]["viral"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,13 +137,13 @@ def test_subset_fasta_keeps_matching_records_deterministically(tmp_path, inputs)
 def test_motif_peptides_contain_their_motif_and_c_terminal_ones_end_the_protein(inputs):
     records = inputs["records"]["human"] + inputs["records"]["viral"]
     # one window per match: 40 planted PPxY, 12 + 16 C-termini in (S/T)x(V/I/L) (the fragment is skipped)
-    rows = mc.motif_peptides(records, MOTIFS, np.random.default_rng(0), per_class_max=100, windows_per_match=1)
+    rows = bd.motif_peptides(records, MOTIFS, np.random.default_rng(0), per_class_max=100, windows_per_match=1)
     assert Counter(t for t, _, _ in rows) == {"NEDD4": 40, "DLG4": 28}
     # more windows per match (other lengths) until per_class_max
-    rows = mc.motif_peptides(records, MOTIFS, np.random.default_rng(0), per_class_max=60)
+    rows = bd.motif_peptides(records, MOTIFS, np.random.default_rng(0), per_class_max=60)
     counts = Counter(t for t, _, _ in rows)
     assert counts == {"NEDD4": 60, "DLG4": 60}
-    by_acc = {mc.accession(h): s for h, s in records}
+    by_acc = {bd.accession(h): s for h, s in records}
     for target, pep, src in rows:
         m = next(m for m in MOTIFS if m["target"] == target)
         assert re.search(m["regex"], pep) and pep in by_acc[src]
@@ -152,7 +153,7 @@ def test_motif_peptides_contain_their_motif_and_c_terminal_ones_end_the_protein(
     for target in counts:
         peps = [p for t, p, _ in rows if t == target]
         assert len(set(peps)) == len(peps)
-    again = mc.motif_peptides(records, MOTIFS, np.random.default_rng(0), per_class_max=60)
+    again = bd.motif_peptides(records, MOTIFS, np.random.default_rng(0), per_class_max=60)
     assert again == rows
 
 
@@ -173,10 +174,10 @@ def test_bad_interactions_are_errors_with_line(tmp_path):
     p = tmp_path / "pairs.csv"
     p.write_text("sequence,target\n")
     with pytest.raises(mc.DataError, match="line 1: bad header"):
-        mc.read_interactions(p)
+        bd.read_interactions(p)
     p.write_text("target,sequence\nGRB2,PPPPLPRK\nGRB2,PPP\n")
     with pytest.raises(mc.DataError, match="line 3: 'PPP' is not a peptide"):
-        mc.read_interactions(p)
+        bd.read_interactions(p)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +192,7 @@ def test_background_windows_guarantees():
     probs[5], probs[9] = 0.3, 0.7
     # exclude many windows the sampler would otherwise draw
     exclude = {s[j:j + k] for _, s in proteins for j in range(0, 290, 3) for k in (5, 9)}
-    rows, skipped = mc.background_windows(proteins, 2003, probs, exclude, np.random.default_rng(0))
+    rows, skipped = bd.background_windows(proteins, 2003, probs, exclude, np.random.default_rng(0))
     seqs = [s for s, _ in rows]
     assert len(rows) == 2003 and skipped == 0
     assert len(set(seqs)) == len(seqs) and not set(seqs) & exclude
@@ -199,9 +200,9 @@ def test_background_windows_guarantees():
     assert set(lengths) == {5, 9} and abs(lengths[5] / 2003 - 0.3) < 0.03
     per_protein = Counter(src for _, src in rows)
     assert len(per_protein) == 10 and max(per_protein.values()) - min(per_protein.values()) <= 1
-    by_acc = {mc.accession(h): s for h, s in proteins}
+    by_acc = {bd.accession(h): s for h, s in proteins}
     assert all(s in by_acc[src] for s, src in rows)
-    assert mc.background_windows(proteins, 2003, probs, exclude, np.random.default_rng(0)) == (rows, skipped)
+    assert bd.background_windows(proteins, 2003, probs, exclude, np.random.default_rng(0)) == (rows, skipped)
 
 
 def test_non_residue_windows_are_skipped_and_counted():
@@ -210,9 +211,9 @@ def test_non_residue_windows_are_skipped_and_counted():
     proteins = [("clean", protein(rng, 400)), ("dirty", dirty)]
     probs = np.zeros(mc.MAX_LEN + 1)
     probs[8] = 1
-    rows, skipped = mc.background_windows(proteins, 50, probs, set(), np.random.default_rng(0))
+    rows, skipped = bd.background_windows(proteins, 50, probs, set(), np.random.default_rng(0))
     # the dirty protein's 25 rows are each redrawn BACKGROUND_TRIES times, then filled from the clean one
-    assert skipped == 25 * mc.BACKGROUND_TRIES
+    assert skipped == 25 * bd.BACKGROUND_TRIES
     assert len(rows) == 50 and all("X" not in s and src == "clean" for s, src in rows)
 
 
@@ -220,16 +221,16 @@ def test_background_errors():
     probs = np.zeros(mc.MAX_LEN + 1)
     probs[8] = 1
     with pytest.raises(mc.DataError, match="cannot supply 100 unique background windows"):
-        mc.background_windows([("a", "ACDEFGHIKL")], 100, probs, set(), np.random.default_rng(0))
+        bd.background_windows([("a", "ACDEFGHIKL")], 100, probs, set(), np.random.default_rng(0))
     with pytest.raises(mc.DataError, match="no protein is 8 residues long"):
-        mc.background_windows([("a", "ACDEFGH")], 1, probs, set(), np.random.default_rng(0))
+        bd.background_windows([("a", "ACDEFGH")], 1, probs, set(), np.random.default_rng(0))
     probs[2] = 1
     with pytest.raises(mc.DataError, match="length_probs"):
-        mc.background_windows([("a", "ACDEFGHIKL")], 1, probs, set(), np.random.default_rng(0))
+        bd.background_windows([("a", "ACDEFGHIKL")], 1, probs, set(), np.random.default_rng(0))
 
 
 def test_length_helpers():
-    c0, c1 = mc.length_histogram(["ACDEF"] * 3), mc.length_histogram(["ACDEFGHIK"] * 3)
+    c0, c1 = bd.length_histogram(["ACDEF"] * 3), bd.length_histogram(["ACDEFGHIK"] * 3)
     assert c0.shape == (mc.MAX_LEN + 1,) and c0[5] == 3
     assert mc.length_distributions_match(c0, c1) == (False, 1.0)
     assert mc.length_distributions_match(c0, c0) == (True, 0.0)
@@ -267,10 +268,10 @@ def test_build_guarantees(tmp_path, inputs):
     background = [r[2] for r in bg]
     assert len(set(background)) == 5000 and not peptides & set(background)
     assert all(r[1] == "" for r in bg)
-    ok, tv = mc.length_distributions_match(mc.length_histogram(background), mc.length_histogram([r[2] for r in pos]))
+    ok, tv = mc.length_distributions_match(bd.length_histogram(background), bd.length_histogram([r[2] for r in pos]))
     assert ok and tv == pytest.approx(s["length_tv"])
     # human rows come from the human and other files, viral rows from the viral file
-    acc = {k: {mc.accession(h) for h, _ in v} for k, v in inputs["records"].items()}
+    acc = {k: {bd.accession(h) for h, _ in v} for k, v in inputs["records"].items()}
     assert {r[3] for r in bg[:3000]} == acc["human"] | acc["other"]
     assert {r[3] for r in bg[3000:]} <= acc["viral"]
     assert s["n_human"] == 3000 and s["n_viral"] == 2000 and s["skipped_nonresidue"]["human"] > 0
@@ -291,7 +292,7 @@ REBUILD_FLAGS = ["--human", str(DEMO / "human.fasta.gz"), "--viral", str(DEMO / 
 
 def test_demo_dataset_rebuilds_byte_for_byte(tmp_path, capsys):
     out = tmp_path / "dataset.csv.gz"
-    mc.main(["build-dataset", *REBUILD_FLAGS, "--out", str(out)])
+    bd.main([*REBUILD_FLAGS, "--out", str(out)])
     assert "1800 interacting peptides" in capsys.readouterr().out
     shipped = (DEMO / "dataset.csv.gz").read_bytes()
     assert gzip.decompress(out.read_bytes()) == gzip.decompress(shipped)
@@ -299,8 +300,8 @@ def test_demo_dataset_rebuilds_byte_for_byte(tmp_path, capsys):
 
 
 def test_demo_label1_rows_are_motif_windows_of_the_shipped_proteins():
-    proteins = {mc.accession(h): (h, s) for f in ("human.fasta.gz", "viral.fasta.gz")
-                for h, s in mc.read_fasta(DEMO / f)}
+    proteins = {bd.accession(h): (h, s) for f in ("human.fasta.gz", "viral.fasta.gz")
+                for h, s in bd.read_fasta(DEMO / f)}
     motifs = {m["target"]: m for m in mc.read_motifs(DEMO / "motifs.json")}
     rows = read_csv(DEMO / "dataset.csv.gz")[1:]
     pos = [r for r in rows if r[0] == "1"]
@@ -312,8 +313,8 @@ def test_demo_label1_rows_are_motif_windows_of_the_shipped_proteins():
         if m["anchor"] == "c_terminal":
             assert seq.endswith(pep) and "(Fragment)" not in header
     assert Counter(r[0] for r in rows)["0"] == 40000
-    assert all(mc.is_human(h) for h, _ in mc.read_fasta(DEMO / "human.fasta.gz"))
-    assert all(mc.is_viral(h) for h, _ in mc.read_fasta(DEMO / "viral.fasta.gz"))
+    assert all(bd.is_human(h) for h, _ in bd.read_fasta(DEMO / "human.fasta.gz"))
+    assert all(bd.is_viral(h) for h, _ in bd.read_fasta(DEMO / "viral.fasta.gz"))
     assert sum(p.stat().st_size for p in DEMO.iterdir()) < 3_000_000
 
 

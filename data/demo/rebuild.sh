@@ -16,9 +16,9 @@ src=$(find "$work/pkg" -name DB.fasta.gz | head -n 1)
 echo "$DB_SHA256  $src" | sha256sum --check --quiet \
     || echo "warning: this DB.fasta.gz differs from the one the shipped files were built from" >&2
 
-"$PYTHON" -c 'import sys, mimir_core as d
+"$PYTHON" -c 'import sys; sys.path.insert(0, "scripts"); import build_dataset as d
 print("human proteins:", d.subset_fasta(sys.argv[1], "data/demo/human.fasta.gz", d.is_human))
 print("viral proteins:", d.subset_fasta(sys.argv[1], "data/demo/viral.fasta.gz", d.is_viral))' "$src"
 
-"$PYTHON" mimir_core.py build-dataset --human data/demo/human.fasta.gz --viral data/demo/viral.fasta.gz \
+"$PYTHON" scripts/build_dataset.py --human data/demo/human.fasta.gz --viral data/demo/viral.fasta.gz \
     --motifs data/demo/motifs.json --n-human 20000 --n-viral 20000 --seed 0 --out data/demo/dataset.csv.gz

@@ -1,0 +1,339 @@
+"""Measure how fast this machine loads data, trains each preset and samples.
+
+    python scripts/benchmark.py [--device auto|cpu|cuda] [--presets small,medium,large] [--rows N] [--full] [--out MD]
+
+Everything is timed through the functions training uses (load_rows, Vocab, DeviceData,
+epoch_permutation, Trainer.train_step, sample_tokens), on a synthetic CSV of N unique rows: random
+peptides with lengths uniform over 4-20, 4,000 of them label 1 over 800 targets. Prints a Markdown
+table (BENCHMARKS.md explains it) and writes it to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mimir_core import (DEFAULT_GUIDANCE, MAX_LEN, MIN_LEN, PRESETS, RESIDUES, D3PM,  # noqa: E402
+                        DeviceData, Rows, Run, Trainer, Vocab, amp_dtype, build_model, count_params,
+                        epoch_permutation, load_rows, log, make_config, pick_device, sample_tokens)
+
+BENCH_BATCH = 256
+# A straightforward implementation (per-sample Dataset + DataLoader, nn.MultiheadAttention, a padded
+# forward pass, .item() every step) on a 2-core CPU with torch 2.13, batch 256, 1,000,000 rows:
+# samples/s of the data path; seconds per training step; seconds to sample 256 peptides (small).
+REFERENCE = {"data_path": 46_000, "step_small": 0.176, "step_medium": 0.700, "step_large": 3.7,
+             "sample_small": 0.57}
+BENCH_STEPS = {"tiny": (3, 20), "small": (3, 10), "medium": (2, 5), "large": (1, 3)}  # (warm-up, timed)
+GPU_PEAKS = {"T4 (65 TFLOP/s fp16)": 65e12, "A100 (312 TFLOP/s bf16)": 312e12}
+
+
+def synthetic_csv(path, n: int, n_interacting: int = 4000, n_targets: int = 800, seed: int = 0) -> Path:
+    """A valid dataset of n distinct random peptides (lengths 4-20); the first n_interacting are label 1."""
+    rng = np.random.default_rng(seed)
+    letters = np.frombuffer(RESIDUES.encode(), dtype=np.uint8)
+    seqs = np.array([], dtype=f"S{MAX_LEN}")
+    while len(seqs) < n:                        # draw, drop repeats (short peptides collide), top up
+        m = int(1.1 * (n - len(seqs))) + 1000
+        tok = letters[rng.integers(0, len(letters), (m, MAX_LEN))]
+        tok[np.arange(MAX_LEN)[None] >= rng.integers(MIN_LEN, MAX_LEN + 1, m)[:, None]] = 0
+        fresh = np.concatenate([seqs, tok.view(f"S{MAX_LEN}").ravel()])
+        _, first = np.unique(fresh, return_index=True)
+        seqs = fresh[np.sort(first)]
+    seqs = seqs[:n].astype(f"U{MAX_LEN}").tolist()
+    k = min(n_interacting, n // 2)
+    lines = [f"1,T{i % n_targets:04d},{s}" for i, s in enumerate(seqs[:k])] + [f"0,,{s}" for s in seqs[k:]]
+    Path(path).write_text("label,target,sequence\n" + "\n".join(lines) + "\n")
+    return Path(path)
+
+
+def _timed(fn, device) -> float:
+    """Seconds for fn(), with the device's queue drained before and after."""
+    _drain(device)
+    t0 = time.perf_counter()
+    fn()
+    _drain(device)
+    return time.perf_counter() - t0
+
+
+def _drain(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _flop_counter():
+    """torch's FLOP counter (matmuls and attention, forward and backward), taught the CPU attention kernel."""
+    from torch.utils import flop_counter as fc
+    aten, mapping = torch.ops.aten, {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        mapping = {aten._scaled_dot_product_flash_attention_for_cpu:
+                   lambda q, k, v, *a, **kw: fc.sdpa_flop_count(q, k, v),
+                   aten._scaled_dot_product_flash_attention_for_cpu_backward:
+                   lambda grad_out, q, k, v, *a, **kw: fc.sdpa_backward_flop_count(grad_out, q, k, v)}
+    return fc.FlopCounterMode(display=False, custom_mapping=mapping)
+
+
+SYNC_EVENTS = ("aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize")
+
+
+def profile_step(trainer, idx) -> dict:
+    """Operators, GPU kernels and host syncs in one train_step (torch.profiler). A sync is a read of a
+    tensor's value by the host (.item(), bool(), .tolist(), nonzero...). The CPU's fused AdamW reads its
+    step counters, which live in host memory there, inside its kernel: those are counted apart."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+    cuda = trainer.device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        with record_function("mimir_train_step"):
+            trainer.train_step(*trainer.train_data.batch(idx))
+        _drain(trainer.device)
+
+    def ancestors(e):
+        while e is not None:
+            yield e.name
+            e = e.cpu_parent
+
+    inside = [e for e in prof.events() if "mimir_train_step" in ancestors(e)]
+    syncs = [e for e in inside if e.name in SYNC_EVENTS]
+    counters = [e for e in syncs if not cuda and "aten::_fused_adamw_" in ancestors(e)]
+    sources = {}
+    for e in syncs:
+        if e not in counters:
+            op = next((n for n in ancestors(e.cpu_parent) if n.startswith("aten::")), e.name)
+            sources[op] = sources.get(op, 0) + 1
+    return {"ops": sum(e.name.startswith("aten::") for e in inside), "syncs": len(syncs) - len(counters),
+            "sync_sources": sources, "optimizer_counter_reads": len(counters),
+            "kernels": sum(e.device_type == torch.autograd.DeviceType.CUDA for e in prof.events())}
+
+
+def bench_preset(name: str, rows: Rows, device, steps: int, warmup: int) -> dict:
+    """A Trainer of preset `name` at batch 256: set-up time, median step time after warm-up (on the CPU
+    also with PAD rows computed, as on a GPU), FLOPs of a step as executed and padded, operators and
+    syncs, peak memory."""
+    cfg = make_config(name, device=str(device), batch_size=BENCH_BATCH)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        trainer = Trainer(cfg, Path(tmp) / name, rows=rows)
+        setup = time.perf_counter() - t0
+        trainer.model.train()
+        perm = epoch_permutation(len(trainer.train_data), cfg.seed, 0, trainer.device)
+        batches = (perm[b * BENCH_BATCH:(b + 1) * BENCH_BATCH] for b in itertools.cycle(range(len(perm) // BENCH_BATCH)))
+        step = lambda: trainer.train_step(*trainer.train_data.batch(next(batches)))
+        for _ in range(warmup):
+            step()
+        times = [_timed(step, trainer.device) for _ in range(steps)]
+        trainer.model.pack_residues = False             # the same step computing PAD rows, as a GPU does
+        padded_times = [_timed(step, trainer.device) for _ in range(steps)] if device.type == "cpu" else times
+        flops = {}
+        for packed in (None, False):                    # as executed, then padded (what a GPU computes)
+            trainer.model.pack_residues = packed
+            with _flop_counter() as counter:
+                step()
+            flops[packed] = counter.get_total_flops()
+        trainer.model.pack_residues = None
+        out = {"params": count_params(trainer.model), "setup_s": setup, "step_s": float(np.median(times)),
+               "padded_step_s": float(np.median(padded_times)),
+               "flops": flops[None], "padded_flops": flops[False], **profile_step(trainer, next(batches))}
+        del trainer, step
+    out["peak_bytes"] = peak_memory(device)
+    return out
+
+
+def bench_sampling(vocab: Vocab, device, repeats: int, guidance: float, n: int = 256) -> tuple:
+    """(seconds, FLOPs) for sample_tokens to write n label-1 peptides of lengths 4-20 with a freshly
+    initialised small model (speed does not depend on the weights); median of `repeats`."""
+    cfg = make_config("small", device=str(device))
+    run = Run(cfg, vocab, build_model(cfg, vocab, device).eval(), D3PM(len(vocab.letters), cfg.n_steps, device),
+              {}, device, Path("."))
+    lengths = np.random.default_rng(0).integers(MIN_LEN, MAX_LEN + 1, n)
+    g = torch.Generator(device=device).manual_seed(0)
+    sample = lambda: sample_tokens(run, lengths, 1, 1, guidance, generator=g)
+    with _flop_counter() as counter:
+        sample()
+    return float(np.median([_timed(sample, device) for _ in range(repeats)])), counter.get_total_flops()
+
+
+def bench_matmul(device, repeats: int) -> tuple:
+    """(FLOP/s, what): one large square matmul in the training precision, the practical ceiling."""
+    dtype = amp_dtype(device) or torch.float32
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    a @ b
+    seconds = float(np.median([_timed(lambda: a @ b, device) for _ in range(repeats)]))
+    return 2 * n ** 3 / seconds, f"{n}x{n}x{n} {str(dtype).replace('torch.', '')}"
+
+
+def peak_memory(device) -> int:
+    """Bytes: the peak CUDA allocation, or the process's peak resident set on the CPU (it only grows)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024          # Linux reports KiB
+
+
+def _si(x: float, unit: str = "") -> str:
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= factor:
+            return f"{x / factor:.3g} {prefix}{unit}"
+    return f"{x:.3g} {unit}".strip()
+
+
+def _secs(s: float) -> str:
+    if s < 1:
+        return f"{s * 1e3:.1f} ms"
+    return f"{s:.2f} s" if s < 120 else (f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h")
+
+
+def format_benchmark(r: dict) -> str:
+    """The measurements as a Markdown table (measure | this machine | reference | speed-up), then the
+    FLOP-based lower bound of an epoch on a T4 and an A100: arithmetic, not measurement."""
+    speedup = lambda ours_s, ref_s: f"{ref_s / ours_s:.2f}x"          # > 1: faster than the reference
+    epoch_steps = 1_000_000 / BENCH_BATCH
+    ceiling, ceiling_what = r["matmul"]
+    ld, dp, n = r["loading"], r["data_path"], r["rows"]
+    gpu = r["device"].startswith("cuda")
+    rows = [("device", f"{r['device']} ({r['precision']})", "", ""), ("hardware", r["hardware"], "", ""),
+            ("software", r["software"], "", ""),
+            ("matmul ceiling", f"{_si(ceiling, 'FLOP/s')} ({ceiling_what})", "", ""),
+            (f"load + validate + tokenize {n:,} rows", f"{_secs(sum(ld.values()))} (load_rows {_secs(ld['load'])}, "
+             f"vocabulary {_secs(ld['vocab'])}, encode {_secs(ld['encode'])})", "", ""),
+            (f"{n:,} rows onto the device", _secs(dp["to_device_s"]), "", ""),
+            ("data path: permutation + batch gather", f"{_si(dp['samples_per_s'])} samples/s ({dp['batch_ms']:.3f} "
+             f"ms a batch)", f"{_si(REFERENCE['data_path'])} samples/s",
+             f"{dp['samples_per_s'] / REFERENCE['data_path']:.1f}x")]
+    first = next(iter(r["presets"].values()), None)
+    if first:
+        rows.append((f"Trainer set-up on {n:,} rows (split, device data, statistics, model)",
+                     _secs(first["setup_s"]), "", ""))
+    for name, p in r["presets"].items():
+        ref = REFERENCE.get(f"step_{name}")
+        syncs = f"{p['syncs']}" + "".join(f", {k} x {op}" for op, k in p["sync_sources"].items())
+        if p["optimizer_counter_reads"]:
+            syncs += f" (+ {p['optimizer_counter_reads']} reads of AdamW step counters kept in host memory)"
+        rows += [(f"{name} ({p['params'] / 1e6:.2f}M params): training step", _secs(p["step_s"]),
+                  _secs(ref) if ref else "", speedup(p["step_s"], ref) if ref else ""),
+                 *([(f"{name}: the same step computing PAD rows (as on a GPU)", _secs(p["padded_step_s"]), "",
+                     f"{p['padded_step_s'] / p['step_s']:.2f}x from skipping them")] if not gpu else []),
+                 (f"{name}: samples/s; epoch of 1,000,000 rows", f"{_si(BENCH_BATCH / p['step_s'])}; "
+                  f"{_secs(epoch_steps * p['step_s'])}", f"{_si(BENCH_BATCH / ref)}; {_secs(epoch_steps * ref)}"
+                  if ref else "", ""),
+                 (f"{name}: FLOPs per step (executed; padded)", f"{_si(p['flops'], 'FLOP')}; "
+                  f"{_si(p['padded_flops'], 'FLOP')}", "", ""),
+                 (f"{name}: achieved FLOP/s", f"{_si(p['flops'] / p['step_s'], 'FLOP/s')} "
+                  f"({100 * p['flops'] / p['step_s'] / ceiling:.0f}% of the matmul ceiling)", "", ""),
+                 (f"{name}: operators per step", f"{p['ops']:,}" + (f" ({p['kernels']:,} GPU kernels)" if gpu else ""),
+                  "", ""),
+                 (f"{name}: host syncs per step", syncs, "", ""),
+                 (f"{name}: peak memory", _si(p["peak_bytes"], "B") + ("" if gpu else " (process peak so far)"), "", "")]
+    if "small" in r["presets"]:
+        rows.append(("data path share of a small step", f"{dp['batch_ms'] / 1e3 / r['presets']['small']['step_s']:.2%}",
+                     "", ""))
+    for guidance, (s, flops) in r["sampling"].items():
+        ref = REFERENCE["sample_small"] if guidance == 0 else None
+        rows.append((f"sampling 256 peptides (small, guidance {guidance:g})", f"{_secs(s)} ({_si(256 / s)} "
+                     f"peptides/s, {_si(flops, 'FLOP')})", _secs(ref) if ref else "", speedup(s, ref) if ref else ""))
+    table = ["| measure | this machine | reference | speed-up |", "|---|---|---|---|"]
+    table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    table += ["", "FLOP-based lower bound of an epoch of 1,000,000 rows at batch 256 on a GPU (padded FLOPs "
+              "over peak tensor throughput; arithmetic, not measurement):", "",
+              "| preset | padded FLOPs per epoch | " + " | ".join(GPU_PEAKS) + " |", "|---|---|" + "---|" * len(GPU_PEAKS)]
+    for name, p in r["presets"].items():
+        epoch_flops = p["padded_flops"] * epoch_steps
+        table.append(f"| {name} | {_si(epoch_flops, 'FLOP')} | "
+                     + " | ".join(_secs(epoch_flops / peak) for peak in GPU_PEAKS.values()) + " |")
+    return "\n".join(table)
+
+
+def _cpu_name() -> str:
+    """The processor's model name (Linux), else what the platform module knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
+             if ln.startswith("model name")] if cpuinfo.exists() else []
+    return names[0] if names else platform.processor()
+
+
+def benchmark(device: str = "auto", presets=("small", "medium", "large"), n_rows: int = 1_000_000,
+              full: bool = False, out=None) -> str:
+    """Measure everything (progress on stderr), write the Markdown table to `out` if given, return it."""
+    dev = pick_device(device)
+    repeats = 4 if full else 1
+    r = {"device": str(dev), "precision": str(amp_dtype(dev) or torch.float32).replace("torch.", ""),
+         "hardware": (torch.cuda.get_device_name(dev) + ", " if dev.type == "cuda" else "")
+         + f"{_cpu_name()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)",
+         "software": f"torch {torch.__version__}, python {sys.version.split()[0]}, numpy {np.__version__}",
+         "rows": n_rows, "presets": {}}
+    log(f"benchmark on {dev}: matmul ceiling, then a {n_rows:,}-row synthetic CSV")
+    r["matmul"] = bench_matmul(dev, repeats=5 * repeats)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = synthetic_csv(Path(tmp) / "data.csv", n_rows)
+        t = {}
+        t0 = time.perf_counter()
+        rows = load_rows(path)
+        t["load"], t0 = time.perf_counter() - t0, time.perf_counter()
+        vocab = Vocab.from_rows(rows)
+        t["vocab"], t0 = time.perf_counter() - t0, time.perf_counter()
+        vocab.encode(rows.sequences)
+        t["encode"] = time.perf_counter() - t0
+        r["loading"] = t
+    log("benchmark: data path")
+    t0 = time.perf_counter()
+    data = DeviceData(rows, vocab, np.arange(len(rows.sequences)), dev)
+    _drain(dev)
+    to_device = time.perf_counter() - t0
+    n_batches = len(data) // BENCH_BATCH
+
+    def epoch(e):
+        perm = epoch_permutation(len(data), 0, e, dev)
+        for b in range(n_batches):
+            data.batch(perm[b * BENCH_BATCH:(b + 1) * BENCH_BATCH])
+    seconds = float(np.median([_timed(lambda: epoch(e), dev) for e in range(repeats)]))
+    r["data_path"] = {"to_device_s": to_device, "samples_per_s": n_batches * BENCH_BATCH / seconds,
+                      "batch_ms": 1e3 * seconds / n_batches}
+    del data
+    for name in presets:
+        warmup, steps = BENCH_STEPS.get(name, (2, 5))
+        log(f"benchmark: preset {name}, {warmup} + {steps * repeats} steps")
+        r["presets"][name] = bench_preset(name, rows, dev, steps * repeats, warmup)
+    log("benchmark: sampling")
+    r["sampling"] = {g: bench_sampling(vocab, dev, 3 * repeats, g) for g in (0.0, DEFAULT_GUIDANCE)}
+    table = format_benchmark(r)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(table + "\n")
+    return table
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="benchmark.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--presets", default="small,medium,large", help="comma-separated presets to time")
+    p.add_argument("--rows", type=int, default=1_000_000, help="rows of the synthetic dataset (default 1,000,000)")
+    p.add_argument("--full", action="store_true", help="four times the repetitions: slower, steadier figures")
+    p.add_argument("--out", default="checkpoints/benchmark.md", help="where to write the table ('' for nowhere)")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    unknown = [p for p in presets if p not in PRESETS]
+    if unknown or not presets:
+        log(f"error: --presets takes a comma-separated list of {', '.join(PRESETS)} (got '{args.presets}')")
+        sys.exit(2)
+    print(benchmark(args.device, presets, args.rows, args.full, args.out))
+    if args.out:
+        log(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
