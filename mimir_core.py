@@ -18,6 +18,7 @@ diffusion runs over its residues only.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import difflib
 import gzip
@@ -61,10 +62,13 @@ class Config:
     n_layers: int = 3
     n_heads: int = 4
     dropout: float = 0.0
+    rotary: bool = True             # rotary attention: a motif reads the same at every offset
+    termini: bool = True            # embed each residue's distance from both ends (C-terminal motifs)
     # diffusion
     n_steps: int = 10               # T, the number of diffusion steps
     hybrid_coeff: float = 0.0       # loss = ce + hybrid_coeff * vb
     cond_drop: float = 0.1          # probability of dropping the condition (classifier-free guidance)
+    label1_repeat: int = 8          # each epoch shows every label-1 training row this many times
     # optimisation
     lr: float = 5e-4
     warmup: int = 500
@@ -73,6 +77,7 @@ class Config:
     batch_size: int = 256
     weight_decay: float = 0.01
     grad_clip: float = 1.0
+    ema_decay: float = 0.0          # >0: sample and evaluate with an exponential moving average of the weights
     seed: int = 0
     # run
     data: str = ""                  # CSV path; "" means the embedded demo data
@@ -95,6 +100,15 @@ PRESETS = {
     "large": dict(dim=512, n_layers=6, n_heads=8, n_steps=35, hybrid_coeff=0.01, lr=1e-4, warmup=2000,
                   epochs=150),
 }
+
+
+# Settings that runs saved before they existed did without; such a run keeps its own behaviour.
+LEGACY_SETTINGS = {"rotary": False, "termini": False, "label1_repeat": 1, "ema_decay": 0.0}
+
+
+def config_from_saved(saved: dict) -> Config:
+    """The Config of a saved run (config.json or a checkpoint), older runs included."""
+    return Config(**{**LEGACY_SETTINGS, **saved})
 
 
 def make_config(preset: str = "small", **overrides) -> Config:
@@ -499,6 +513,21 @@ class Residues:
         return grid.view(*self.shape, h.shape[-1])
 
 
+def rotary_tables(length: int, head_dim: int, device):
+    """cos and sin (L, head_dim / 2) of rotary position embeddings (Su et al. 2021): rotating query and
+    key pairs by an angle proportional to the position makes their dot product depend on the offset
+    between two residues only, so a motif learned at one offset is recognised at every other."""
+    freqs = 10_000 ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * freqs[None]
+    return angles.cos(), angles.sin()
+
+
+def rotate(x, cos, sin):
+    """Rotary embedding of x (B, H, L, head_dim): each (first half, second half) pair turned by its angle."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, n_heads: int, dropout: float):
         super().__init__()
@@ -506,11 +535,14 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x, attn_mask, res: Residues):    # x: residue rows; attn_mask: (B, 1, 1, L) True = attend
+    def forward(self, x, attn_mask, res: Residues, rope=None):
+        """x: residue rows; attn_mask: (B, 1, 1, L), True = attend; rope: rotary (cos, sin) or None."""
         B, L = res.shape
         D = x.shape[-1]
         qkv = res.unpack(self.qkv(x)).view(B, L, 3, self.n_heads, D // self.n_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)            # (B, H, L, D / H) each
+        if rope is not None:
+            q, k = rotate(q, *rope), rotate(k, *rope)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.proj(res.pack(y.transpose(1, 2).reshape(B, L, D)))
@@ -523,8 +555,8 @@ class Block(nn.Module):
         self.attn = SelfAttention(dim, n_heads, dropout)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
 
-    def forward(self, x, attn_mask, res: Residues):
-        x = x + self.attn(self.ln1(x), attn_mask, res)
+    def forward(self, x, attn_mask, res: Residues, rope=None):
+        x = x + self.attn(self.ln1(x), attn_mask, res, rope)
         return x + self.mlp(self.ln2(x))
 
 
@@ -538,13 +570,17 @@ def timestep_embedding(t, dim: int):
 
 class X0Transformer(nn.Module):
     """Predicts logits of x0 over the K residue letters (B, L, K) from (x_t, t, label, target).
-    The condition (step + label + target) is added to every position's embedding."""
+    The condition (step + label + target) is added to every position's embedding. Where a residue sits
+    enters twice: rotary attention sees the offset between two residues (cfg.rotary), and each residue
+    embeds its distance from the N-terminus and, with cfg.termini, from the C-terminus, which is where
+    some motifs are anchored (a PDZ ligand ends in its last residue)."""
 
     def __init__(self, cfg: Config, vocab_size: int, num_targets: int):
         super().__init__()
-        self.dim = cfg.dim
+        self.dim, self.head_dim, self.rotary = cfg.dim, cfg.dim // cfg.n_heads, cfg.rotary
         self.tok_emb = nn.Embedding(vocab_size, cfg.dim)
-        self.pos_emb = nn.Embedding(MAX_LEN, cfg.dim)
+        self.pos_emb = nn.Embedding(MAX_LEN, cfg.dim)                # distance from the N-terminus
+        self.cterm_emb = nn.Embedding(MAX_LEN, cfg.dim) if cfg.termini else None   # ... from the C-terminus
         self.label_emb = nn.Embedding(3, cfg.dim)                   # background, interacting, unknown
         self.target_emb = nn.Embedding(num_targets, cfg.dim)        # 0 = unknown / none
         self.time_mlp = nn.Sequential(nn.Linear(cfg.dim, 4 * cfg.dim), nn.GELU(), nn.Linear(4 * cfg.dim, cfg.dim))
@@ -567,10 +603,15 @@ class X0Transformer(nn.Module):
         res = Residues(pad_mask, packed)
         cond = self.time_mlp(timestep_embedding(t, self.dim)) + self.label_emb(label) + self.target_emb(target_id)
         pos = torch.arange(xt.shape[1], device=xt.device)
-        h = res.pack(self.tok_emb(xt) + self.pos_emb(pos)[None] + cond[:, None, :])
+        h = self.tok_emb(xt) + self.pos_emb(pos)[None] + cond[:, None, :]
+        if self.cterm_emb is not None:                              # residues after this one: (B, L)
+            to_cterm = (pad_mask.sum(1, keepdim=True) - 1 - pos[None]).clamp_min(0)
+            h = h + self.cterm_emb(to_cterm)
+        h = res.pack(h)
+        rope = rotary_tables(xt.shape[1], self.head_dim, xt.device) if self.rotary else None
         attn_mask = pad_mask[:, None, None, :]                      # residues never attend to PAD
         for block in self.blocks:
-            h = block(h, attn_mask, res)
+            h = block(h, attn_mask, res, rope)
         return res.unpack(self.head(self.ln_f(h)))                  # (B, L, K); PAD positions hold 0
 
 
@@ -689,14 +730,18 @@ def make_optimizer(model, cfg: Config):
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99), fused=True)   # one kernel for all tensors
 
 
-def drop_condition(label, target_id, p: float):
+def drop_condition(label, target_id, p: float, label1_repeat: int = 1):
     """Classifier-free guidance training: with probability p forget label and target, and with
-    probability p forget only the target (so "an interacting peptide for any target" is learned too)."""
+    probability p forget only the target (so "an interacting peptide for any target" is learned too).
+    The rows that lose their label teach the unconditional model that guidance steers away from; it must
+    see the data's own mix of labels, so label-1 rows, which an epoch shows label1_repeat times, lose
+    their label that many times less often."""
     if p <= 0:
         return label, target_id
     u = torch.rand(label.shape, device=label.device)
-    label = torch.where(u < p, UNKNOWN_LABEL, label)
-    target_id = torch.where(u < 2 * p, UNKNOWN_TARGET, target_id)
+    p_both = torch.where(label == 1, p / label1_repeat, p)
+    label = torch.where(u < p_both, UNKNOWN_LABEL, label)
+    target_id = torch.where(u < p_both + p, UNKNOWN_TARGET, target_id)
     return label, target_id
 
 
@@ -714,6 +759,15 @@ class DeviceData:
 
     def batch(self, idx):
         return self.x0[idx].long(), self.label[idx], self.target_id[idx]
+
+
+def epoch_rows(label, label1_repeat: int):
+    """Indices of the rows an epoch visits, (M,): every training row once and each label-1 row
+    label1_repeat times in all. Label-1 rows are a few percent of the data; repeated, the conditional
+    grammar gets a fair share of the gradient. The model is conditional, so what each condition should
+    predict stays the same; only how often it is trained changes."""
+    rows = torch.arange(len(label), device=label.device)
+    return torch.cat([rows, rows[label == 1].repeat(label1_repeat - 1)])
 
 
 def epoch_permutation(n: int, seed: int, epoch: int, device):
@@ -761,6 +815,11 @@ def load_checkpoint(path) -> dict:
     return ckpt
 
 
+def sampling_weights(ckpt: dict) -> dict:
+    """The weights that generate and evaluate: the moving average when the run keeps one."""
+    return ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"]
+
+
 def run_dir_for(run_name: str, checkpoint_dir="checkpoints") -> Path:
     return Path(checkpoint_dir) / run_name
 
@@ -798,7 +857,9 @@ class Trainer:
         self.diffusion = D3PM(len(self.vocab.letters), cfg.n_steps, self.device)
         self.model = build_model(cfg, self.vocab, self.device)
         self.optimizer = make_optimizer(self.model, cfg)
-        self.steps_per_epoch = max(1, len(self.train_data) // cfg.batch_size)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False) if cfg.ema_decay else None
+        self.epoch_rows = epoch_rows(self.train_data.label, cfg.label1_repeat)
+        self.steps_per_epoch = max(1, len(self.epoch_rows) // cfg.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
@@ -845,7 +906,7 @@ class Trainer:
         if asked.preset != saved["preset"]:
             raise DataError(f"{self.run_dir} holds a {saved['preset']} run, which cannot continue as {asked.preset}: "
                             f"resume it with preset {saved['preset']}, or choose another run name")
-        cfg = Config(**saved)
+        cfg = config_from_saved(saved)
         for name in ("epochs", "max_steps", "device", "save_every_minutes", "compile", "log_every"):
             setattr(cfg, name, getattr(asked, name))
         cfg.data = asked.data or cfg.data           # the same data may live at a new path (checked below)
@@ -863,6 +924,8 @@ class Trainer:
             self.model.load_state_dict(ckpt["model"])
         except RuntimeError as e:
             raise DataError(f"{self.run_dir}/last.pt does not fit this model config: {e}") from e
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):
@@ -885,6 +948,7 @@ class Trainer:
     def checkpoint(self) -> dict:
         return {"format": CHECKPOINT_FORMAT, "config": asdict(self.cfg), "letters": self.vocab.letters,
                 "targets": self.vocab.targets, "model": self.model.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                 "step": self.step, "epoch": self.epoch, "best_val": self.best_val, "history": self.history,
@@ -905,7 +969,7 @@ class Trainer:
     def train_step(self, x0, label, target_id):
         """One optimizer step on a global batch (every rank gets the whole batch and scores its part).
         Returns this rank's (ce, vb, loss) share; nothing here reads them on the host."""
-        label, target_id = drop_condition(label, target_id, self.cfg.cond_drop)
+        label, target_id = drop_condition(label, target_id, self.cfg.cond_drop, self.cfg.label1_repeat)
         ce, vb = self.diffusion.losses(self.forward, x0, label, target_id, part=self.part)
         loss = ce + self.cfg.hybrid_coeff * vb if self.cfg.hybrid_coeff else ce   # no backward through an unused vb
         self.scaler.scale(loss * self.world).backward()    # DDP averages gradients over ranks; we want their sum
@@ -915,6 +979,10 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        if self.ema is not None:                  # short warm-up, so early epochs are not the initial weights
+            decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
+            with torch.no_grad():
+                torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1 - decay)
         return torch.stack([ce.detach(), vb.detach(), loss.detach()])
 
     def flush(self, buffer, n: int, steps_file, bar) -> list:
@@ -957,12 +1025,12 @@ class Trainer:
         steps_file = open(self.run_dir / "history_steps.csv", "a") if self.is_main else None
         try:
             while self.step < self.total_steps:
-                perm = epoch_permutation(len(self.train_data), cfg.seed, self.epoch, self.device)
+                order = self.epoch_rows[epoch_permutation(len(self.epoch_rows), cfg.seed, self.epoch, self.device)]
                 first = self.step - self.epoch * self.steps_per_epoch    # > 0 after a mid-epoch resume
                 last = min(self.steps_per_epoch, first + self.total_steps - self.step)
                 epoch_values = []
                 for b in range(first, last):
-                    idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                    idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                     buffer[n_buf] = self.train_step(*self.train_data.batch(idx))
                     self.step, n_buf = self.step + 1, n_buf + 1
                     bar.update(1)
@@ -1009,7 +1077,8 @@ class Trainer:
         if not self.is_main:
             return
         train = np.mean(values, axis=0) if values else [float("nan")] * 3
-        val = heldout_losses(self.model, self.diffusion, self.val_data, self.cfg) if len(self.val_data) else {}
+        sampler = self.ema if self.ema is not None else self.model        # best.pt: the weights that sample
+        val = heldout_losses(sampler, self.diffusion, self.val_data, self.cfg) if len(self.val_data) else {}
         record = {"epoch": number, "step": self.step, "lr": self.scheduler.get_last_lr()[0],
                   "train_ce": float(train[0]), "train_vb": float(train[1]), "train_loss": float(train[2]),
                   **{f"val_{k}": v for k, v in val.items()}, "partial": partial}
@@ -1037,7 +1106,8 @@ def train(cfg: Config, run_dir, resume: bool = False, skip_invalid: bool = False
     trainer = Trainer(cfg, run_dir, resume=resume, skip_invalid=skip_invalid)
     if verbose:
         log(f"{trainer.run_dir}: preset {trainer.cfg.preset}, {count_params(trainer.model):,} parameters, "
-            f"{len(trainer.train_data):,} training / {len(trainer.val_data):,} held-out rows, "
+            f"{len(trainer.train_data):,} training / {len(trainer.val_data):,} held-out rows (label-1 rows "
+            f"x{trainer.cfg.label1_repeat} per epoch), "
             f"{trainer.steps_per_epoch} steps per epoch, device {trainer.device}"
             f"{', ' + str(trainer.amp).replace('torch.', '') if trainer.amp else ''}")
     return trainer.run(progress=progress, verbose=verbose, on_step=on_step)
@@ -1066,12 +1136,12 @@ def load_run(run_dir, checkpoint: str = "best", device: str = "auto") -> Run:
     if checkpoint == "best" and not path.exists():
         path = run_dir / "last.pt"
     ckpt = load_checkpoint(path)
-    cfg = Config(**ckpt["config"])
+    cfg = config_from_saved(ckpt["config"])
     vocab = Vocab(ckpt["letters"], ckpt["targets"])
     dev = pick_device(device)
     model = X0Transformer(cfg, vocab.size, vocab.num_targets)
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(sampling_weights(ckpt))
     except RuntimeError as e:
         raise DataError(f"{path}: weights do not match the config stored with them: {e}") from e
     stats_path = run_dir / "data_stats.json"
@@ -1546,7 +1616,8 @@ def add_run_args(p):
 def cmd_train(args):
     overrides = {k: getattr(args, k) for k in ("epochs", "max_steps", "batch_size", "lr", "seed", "device",
                                              "save_every_minutes", "dim", "n_layers", "n_heads", "n_steps",
-                                             "hybrid_coeff", "warmup", "cond_drop", "data")}
+                                             "hybrid_coeff", "warmup", "cond_drop", "label1_repeat", "rotary",
+                                             "termini", "ema_decay", "data")}
     overrides["compile"] = args.compile or None
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if args.batch_size and world > 1:                   # under torchrun --batch-size is per process
@@ -1554,7 +1625,7 @@ def cmd_train(args):
     run_dir = run_dir_for(args.run_name or args.preset or "small", args.checkpoint_dir)
     preset, saved = args.preset or "small", run_dir / "config.json"
     if args.resume and saved.exists():                  # a resumed run keeps its settings, but for the flags given
-        base = json.loads(saved.read_text())
+        base = {**LEGACY_SETTINGS, **json.loads(saved.read_text())}
         preset = args.preset or base["preset"]
         overrides = {**{k: v for k, v in base.items() if k != "preset"},
                      **{k: v for k, v in overrides.items() if v is not None}}
@@ -1622,8 +1693,12 @@ def build_parser():
     for flag, typ in (("--epochs", int), ("--max-steps", int), ("--lr", float),
                       ("--seed", int), ("--save-every-minutes", float), ("--dim", int), ("--n-layers", int),
                       ("--n-heads", int), ("--n-steps", int), ("--hybrid-coeff", float), ("--warmup", int),
-                      ("--cond-drop", float)):
+                      ("--cond-drop", float), ("--label1-repeat", int), ("--ema-decay", float)):
         p.add_argument(flag, type=typ, default=None, help="override the preset")
+    p.add_argument("--rotary", action=argparse.BooleanOptionalAction, default=None,
+                   help="rotary attention (default: on)")
+    p.add_argument("--termini", action=argparse.BooleanOptionalAction, default=None,
+                   help="embed each residue's distance from both peptide ends (default: on)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="override the preset's batch (256). Under torchrun with N processes each process takes "
                         "batch/N rows of every global batch; an explicit --batch-size is per process.")

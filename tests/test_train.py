@@ -8,7 +8,9 @@ import mimir_core as mc
 
 
 def tiny(fixture_csv, **kw):
-    return mc.make_config("tiny", data=str(fixture_csv), **kw)
+    """The tiny preset on the fixture; an epoch is one pass over the rows (label1_repeat 1), so the step
+    counts below are rows // 64. tests/test_grammar.py covers repeated label-1 rows."""
+    return mc.make_config("tiny", data=str(fixture_csv), **{"label1_repeat": 1, **kw})
 
 
 def test_tiny_preset_learns_on_the_fixture(fixture_csv, tmp_path):
