@@ -27,8 +27,11 @@ import json
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
+import warnings
 import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -111,19 +114,83 @@ def config_from_saved(saved: dict) -> Config:
     return Config(**{**LEGACY_SETTINGS, **saved})
 
 
+# What each setting may hold: (the allowed range in words, the test). A value outside it would crash
+# later, or worse, train silently on something else (cond_drop 0.5 drops every target).
+SETTING_RANGES = {
+    "dim": ("an even whole number >= 2", lambda v: v >= 2 and v % 2 == 0),    # sin + cos halves of the step
+    "n_layers": (">= 1", lambda v: v >= 1),
+    "n_heads": (">= 1", lambda v: v >= 1),
+    "dropout": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "n_steps": (">= 1", lambda v: v >= 1),
+    "hybrid_coeff": (">= 0", lambda v: v >= 0),
+    "cond_drop": ("in [0, 0.5) (the target is dropped with twice this probability)", lambda v: 0 <= v < 0.5),
+    "label1_repeat": (">= 1", lambda v: v >= 1),
+    "ema_decay": ("in [0, 1) (0: no moving average)", lambda v: 0 <= v < 1),
+    "lr": ("> 0", lambda v: v > 0),
+    "warmup": (">= 0", lambda v: v >= 0),
+    "epochs": (">= 1", lambda v: v >= 1),
+    "max_steps": (">= 0 (0: no limit)", lambda v: v >= 0),
+    "batch_size": (">= 1", lambda v: v >= 1),
+    "weight_decay": (">= 0", lambda v: v >= 0),
+    "grad_clip": ("> 0", lambda v: v > 0),
+    "seed": ("in [0, 2**32)", lambda v: 0 <= v < 2**32),
+    "val_fraction": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "max_val_rows": (">= 1", lambda v: v >= 1),
+    "save_every_minutes": (">= 0 (0: at every loss read)", lambda v: v >= 0),
+    "log_every": (">= 1", lambda v: v >= 1),
+    "device": ("one of auto, cpu, cuda, cuda:N", lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None),
+}
+
+
+def setting_value(name: str, kind: type, value):
+    """value as the setting's type, or a DataError naming the setting: no silent truncation (epochs 2.5),
+    no bool('False'), no NaN or inf."""
+    def bad(why):
+        return DataError(f"setting {name} = {value!r}: {why}")
+    if kind is bool:
+        if not isinstance(value, (bool, np.bool_)):
+            raise bad("must be True or False")
+        return bool(value)
+    if kind is str:
+        return str(value)
+    try:
+        number = float(value) if not isinstance(value, (bool, np.bool_)) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None:
+        raise bad("must be a number")
+    if not math.isfinite(number):
+        raise bad("must be a finite number")
+    if kind is int:
+        if isinstance(value, (int, np.integer)):
+            return int(value)
+        if not number.is_integer():
+            raise bad("must be a whole number")
+        return int(number)
+    return number
+
+
 def make_config(preset: str = "small", **overrides) -> Config:
-    """A preset's config with overrides (None values are ignored, so CLI defaults can pass through)."""
+    """A preset's config with overrides (None values are ignored, so CLI defaults can pass through).
+    Every setting is checked against its allowed range (SETTING_RANGES); a bad one is a DataError
+    that names it and its range."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+        raise DataError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
     cfg = Config(preset=preset, **PRESETS[preset])
-    known = {f.name for f in fields(Config)}
+    kinds = {f.name: type(f.default) for f in fields(Config)}
     for key, value in overrides.items():
-        if key not in known:
-            raise ValueError(f"unknown config setting '{key}'")
+        if key not in kinds:
+            raise DataError(f"unknown config setting '{key}'")
         if value is not None:
-            setattr(cfg, key, type(getattr(cfg, key))(value))
+            setattr(cfg, key, setting_value(key, kinds[key], value))
+    for key, (allowed, ok) in SETTING_RANGES.items():
+        value = getattr(cfg, key)
+        if not ok(value):
+            raise DataError(f"setting {key} = {value!r} is out of range: it must be {allowed}")
     if cfg.dim % cfg.n_heads:
-        raise ValueError(f"dim {cfg.dim} is not divisible by n_heads {cfg.n_heads}")
+        raise DataError(f"setting dim = {cfg.dim} is not divisible by n_heads = {cfg.n_heads}")
+    if cfg.rotary and (cfg.dim // cfg.n_heads) % 2:
+        raise DataError(f"setting dim / n_heads = {cfg.dim // cfg.n_heads} must be even for rotary attention")
     return cfg
 
 
@@ -192,14 +259,32 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+class DiskError(OSError):
+    """A file could not be written (disk full, read-only, no permission); the message says which file
+    and what was kept."""
+
+
 def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file and rename it, so a kill never leaves a half-written file."""
+    """Write through a temporary file and rename it, so a kill never leaves a half-written file. When the
+    disk refuses (full, read-only), the temporary file goes, `path` keeps its old content, and the
+    error is a DiskError that says so."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if not isinstance(e, OSError):
+            raise
+        kept = f"{path.name} keeps its previous content" if path.exists() else f"{path.name} was not written"
+        raise DiskError(f"cannot write {path}: {e.strerror or e}; {kept}") from e
 
 
 def write_json(path: Path, obj) -> None:
@@ -212,7 +297,7 @@ def write_json(path: Path, obj) -> None:
 
 
 class DataError(ValueError):
-    """Bad input. The message names the file, the line and the problem."""
+    """Bad input (a file, a setting). The message names the file and line, or the setting, and the problem."""
 
 
 @dataclass
@@ -295,7 +380,7 @@ def read_rows(path) -> tuple[Rows, list]:
             header = [h.strip().lower() for h in next(reader, [])]
             required = ["label", "target", "sequence"]
             unexpected = [h for h in header if h not in required + ["source"]]
-            if any(h not in header for h in required) or unexpected:
+            if any(h not in header for h in required) or unexpected or len(set(header)) < len(header):
                 raise DataError(f"{path}, line 1: bad header {','.join(header) or '(empty)'}; expected "
                                 f"label,target,sequence with an optional source column")
             col = {h: i for i, h in enumerate(header)}
@@ -315,8 +400,10 @@ def read_rows(path) -> tuple[Rows, list]:
                 sequences.append(seq)
                 sources.append(row[isrc].strip() if isrc is not None else "")
                 lines.append(lineno)
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, csv.Error) as e:
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error, csv.Error) as e:
         raise DataError(f"{path}: not a readable CSV ({e})") from e
+    except OSError as e:                                # a directory, no permission, a failing disk
+        raise DataError(f"{path}: cannot read the file ({e.strerror or e})") from e
     rows = Rows(str(path), np.array(labels, dtype=np.int64), targets, sequences,
                 sources if isrc is not None else None, np.array(lines, dtype=np.int64))
     return rows, problems
@@ -334,7 +421,7 @@ def row_problems(rows: Rows) -> list:
             problems.append((i, f"label-0 row with target '{target}' (background rows have none)"))
         bad = _NOT_A_LETTER.search(seq)
         if bad:
-            problems.append((i, f"'{bad.group()}' at position {bad.start() + 1} is not a residue letter"))
+            problems.append((i, f"{bad.group()!r} at position {bad.start() + 1} is not a residue letter"))
         if not MIN_LEN <= len(seq) <= MAX_LEN:
             problems.append((i, f"length {len(seq)} outside {MIN_LEN}-{MAX_LEN}"))
         key = (label, target, seq)
@@ -397,11 +484,18 @@ def describe_rows(rows: Rows) -> str:
         if t:
             targets[t] = targets.get(t, 0) + 1
     top = ", ".join(f"{t} ({n})" for t, n in sorted(targets.items(), key=lambda kv: -kv[1])[:5])
-    lengths = np.fromiter(map(len, rows.sequences), dtype=np.int64, count=len(rows.sequences))
-    hist = [np.bincount(lengths[rows.labels == l], minlength=MAX_LEN + 1) for l in (0, 1)]
+    hist = label_length_counts(rows)
     return (f"{rows.path}: {len(rows.sequences):,} rows: {len(rows.sequences) - n1:,} background (label 0), "
             f"{n1:,} interacting (label 1) over {len(targets)} targets\n"
             f"most rows: {top or '-'}\n" + format_length_table(hist[0], hist[1]))
+
+
+def label_length_counts(rows: Rows) -> tuple[np.ndarray, np.ndarray]:
+    """Length histograms of label 0 and label 1, both over 0..max(MAX_LEN, longest row): rows that break
+    the length contract (a file being checked) get counted, not an index error."""
+    lengths = np.fromiter(map(len, rows.sequences), dtype=np.int64, count=len(rows.sequences))
+    size = max(MAX_LEN, int(lengths.max(initial=0))) + 1
+    return tuple(np.bincount(lengths[rows.labels == label], minlength=size) for label in (0, 1))
 
 
 def subset_rows(rows: Rows, idx) -> Rows:
@@ -475,11 +569,19 @@ def format_length_table(counts_label0, counts_label1) -> str:
 
 def verify_data(path) -> tuple[bool, str]:
     """The contract checks training runs, plus whether both labels' length distributions match.
-    Returns (everything holds, a readable report)."""
-    rows, problems, _ = check_rows(path)
-    lengths = np.fromiter(map(len, rows.sequences), dtype=np.int64, count=len(rows.sequences))
-    lengths_ok, tv = length_distributions_match(*(np.bincount(lengths[rows.labels == l], minlength=MAX_LEN + 1)
-                                                  for l in (0, 1)))
+    Returns (everything holds, a readable report). A file that cannot be read as a table (bad header,
+    not text, broken gzip) is a failed check, reported like any other; only a path that is not a file
+    raises DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {'not a file' if path.exists() else 'file not found'}")
+    try:
+        rows, problems, _ = check_rows(path)
+    except DataError as e:
+        return False, f"{e}\ncontract: NOT met (the rows cannot be read, so none were checked)"
+    if not rows.sequences:
+        problems = problems + [(1, "no data rows")]
+    lengths_ok, tv = length_distributions_match(*label_length_counts(rows))
     verdict = [summarize_problems(path, problems) if problems else
                f"contract: all {len(rows.sequences):,} rows hold (labels, targets, letters, lengths 4-20, "
                f"unique rows, no background sequence equal to an interacting one)",
@@ -802,16 +904,21 @@ def heldout_losses(model, diffusion: D3PM, data: DeviceData, cfg: Config, batch_
 
 
 def load_checkpoint(path) -> dict:
-    """Load a checkpoint safely (weights_only: a downloaded file cannot run code) and check its format."""
+    """Load a checkpoint safely (weights_only: a downloaded file cannot run code) and check its format.
+    A file that is refused or unreadable is a DataError saying what the file is and what to do."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():             # torch warns about odd pickles before refusing them
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise DataError(f"{path}: not a readable Mimir checkpoint (corrupt or truncated file?): {e}") from e
+        raise DataError(unreadable_checkpoint_message(path, e)) from None   # torch's advice would say: unsafe load
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise DataError(f"{path}: not a Mimir checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__})")
+        held = f"a dict with keys {', '.join(map(str, list(ckpt)[:5]))}" if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise DataError(f"{path}: not a Mimir checkpoint: a PyTorch file holding {held}, not the {CHECKPOINT_FORMAT} "
+                        f"record of a training run. Point to a run's last.pt or best.pt.")
     return ckpt
 
 
@@ -820,12 +927,61 @@ def sampling_weights(ckpt: dict) -> dict:
     return ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"]
 
 
+def unreadable_checkpoint_message(path, error: Exception) -> str:
+    """What a checkpoint that torch.load(weights_only=True) refused or could not read is, in Mimir's words.
+    weights_only refuses any pickled object that is not a tensor or plain data: loading one could run code."""
+    refused = re.search(r"GLOBAL ([\w.]+)|Unsupported class ([\w.]+)|reduce for ([\w.]+)", str(error))
+    if refused:
+        name = next(g for g in refused.groups() if g)
+        return (f"{path}: not a readable Mimir checkpoint: it holds a pickled Python object ({name}) that would run "
+                f"code when loaded. Mimir refused to run code from it (checkpoints load as tensors and plain data "
+                f"only), so nothing in the file ran. Mimir never writes such objects: this file was made elsewhere "
+                f"or altered. Use a last.pt or best.pt written by Mimir, from a source you trust, or train again.")
+    reason = {EOFError: "the file is empty or ends early", IsADirectoryError: "it is a directory"}.get(
+        type(error), "damaged, truncated, or not a PyTorch file")
+    return (f"{path}: not a readable Mimir checkpoint ({reason}); nothing was loaded or run from it. Replace it "
+            f"with an intact copy (the run directory's other checkpoint, a backup), or train again.")
+
+
 def run_dir_for(run_name: str, checkpoint_dir="checkpoints") -> Path:
     return Path(checkpoint_dir) / run_name
 
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+# fp16 steps whose gradient overflows are skipped while the gradient scaler lowers its scale (halving it
+# each time); this many in a row means the scale is not the cause, and the run stops.
+MAX_FP16_SKIPS_IN_A_ROW = 20
+
+
+class DeferredInterrupt:
+    """Holds Ctrl-C (SIGINT, also a notebook's interrupt) until the training step under way is over, so a
+    run stops between steps: what it saves (weights, optimizer, step, RNG) is a state an uninterrupted
+    run passes through, never half a step. A second Ctrl-C stops at once, without saving. install() takes
+    SIGINT over only from Python's own Ctrl-C handler (main thread, SIGINT not ignored or taken by someone
+    else); restore() gives it back."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled, self.requested, self.hard = enabled, False, False
+        self._previous = None
+
+    def install(self):
+        if (self.enabled and threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            self.hard = True
+            raise KeyboardInterrupt
+        self.requested = True               # no printing here: the handler may run inside a write to stderr
+
+    def restore(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 class Trainer:
@@ -956,73 +1112,135 @@ class Trainer:
                 "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
 
     def save(self, best: bool = False):
+        """last.pt (and best.pt), each written atomically. A disk that refuses stops the run with a
+        DiskError saying which step the checkpoints on disk still hold."""
         if not self.is_main:
             return
         ckpt = self.checkpoint()
-        atomic_write(self.run_dir / "last.pt", lambda f: torch.save(ckpt, f))
-        if best:
-            atomic_write(self.run_dir / "best.pt", lambda f: torch.save(ckpt, f))
-        self._saved_step = self.step
+        try:
+            atomic_write(self.run_dir / "last.pt", lambda f: torch.save(ckpt, f))
+            self._saved_step = self.step
+            if best:
+                atomic_write(self.run_dir / "best.pt", lambda f: torch.save(ckpt, f))
+        except DiskError as e:
+            raise DiskError(f"{e}. Training stopped at step {self.step}; {self._kept_state()}. Free some disk "
+                            f"space or choose a writable checkpoint directory, then resume the run.") from e
+
+    def _kept_state(self) -> str:
+        """Where the last good state is, for an error that stops the run."""
+        if getattr(self, "_saved_step", None) is None or not (self.run_dir / "last.pt").exists():
+            return "no checkpoint was saved yet"
+        return f"{self.run_dir}/last.pt keeps the last good state (step {self._saved_step})"
+
+    @property
+    def skip_tolerance(self) -> int:
+        """Steps in a row whose update may be skipped for a non-finite gradient: some under fp16, where the
+        gradient scaler expects overflows while its scale settles; none otherwise."""
+        return MAX_FP16_SKIPS_IN_A_ROW if self.scaler.is_enabled() else 0
 
     # -- the loop ----------------------------------------------------------------------------
 
     def train_step(self, x0, label, target_id):
         """One optimizer step on a global batch (every rank gets the whole batch and scores its part).
-        Returns this rank's (ce, vb, loss) share; nothing here reads them on the host."""
+        Returns this rank's (ce, vb, loss) share and the gradient norm; nothing here reads them on the host.
+        A step whose gradient is not finite changes nothing (weights, moments, step counts); flush() sees
+        its norm and decides whether the run goes on."""
         label, target_id = drop_condition(label, target_id, self.cfg.cond_drop, self.cfg.label1_repeat)
         ce, vb = self.diffusion.losses(self.forward, x0, label, target_id, part=self.part)
         loss = ce + self.cfg.hybrid_coeff * vb if self.cfg.hybrid_coeff else ce   # no backward through an unused vb
         self.scaler.scale(loss * self.world).backward()    # DDP averages gradients over ranks; we want their sum
-        self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.scaler.step(self.optimizer)          # fused AdamW takes the scaler's inf flag as a tensor: no sync
-        self.scaler.update()
+        self.scaler.unscale_(self.optimizer)                # fp16: the true gradients; a no-op otherwise
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        # Clipping spreads one inf as NaN over every gradient. The fused AdamW kernel skips its update where
+        # found_inf is 1 (GradScaler's protocol), reading the flag on the device: no host sync.
+        self.optimizer.found_inf, self.optimizer.grad_scale = (~grad_norm.isfinite()).float(), None
+        self.optimizer.step()
+        del self.optimizer.found_inf, self.optimizer.grad_scale
+        self.scaler.update()                                # fp16: a skipped step lowers the scale
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         if self.ema is not None:                  # short warm-up, so early epochs are not the initial weights
             decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
             with torch.no_grad():
                 torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1 - decay)
-        return torch.stack([ce.detach(), vb.detach(), loss.detach()])
+        return torch.stack([ce.detach(), vb.detach(), loss.detach(), grad_norm.detach()])
 
     def flush(self, buffer, n: int, steps_file, bar) -> list:
-        """Read the last n steps' losses from the device (the loop's only host sync, once per log_every
-        steps), stop on NaN/inf, append them to history_steps.csv and show them on the progress bar."""
+        """Read the last n steps' losses and gradient norms from the device (the loop's only host sync, once
+        per log_every steps), stop on NaN/inf (_screen_steps), append them to history_steps.csv and show
+        them on the progress bar. Returns the steps' finite (ce, vb, loss) for the epoch's means."""
         if n == 0:
             return []
         if self.world > 1:                              # each rank holds its share of every step's loss
             torch.distributed.all_reduce(buffer[:n])
-        values = buffer[:n].tolist()
+        readings = buffer[:n].tolist()
+        values = [r[:3] for r in readings]              # (ce, vb, loss); the 4th column is the gradient norm
         first = self.step - n + 1
-        for i, (ce, vb, loss) in enumerate(values):
-            if not all(math.isfinite(v) for v in (ce, vb, loss)):
-                raise NonFiniteLoss(f"loss became {loss} (ce {ce}, vb {vb}) at step {first + i}; stopping. "
-                                    f"{self.run_dir}/last.pt keeps the last good state (step "
-                                    f"{self._saved_step}). Try a lower --lr.")
+        self._screen_steps(readings, first)
         lr = lambda step: self.cfg.lr * lr_at(step - 1, self.cfg, self.total_steps)   # the lr step `step` used
+        finite = [v for v in values if all(map(math.isfinite, v))]  # fp16 steps skipped for an overflow may lack a loss
         if steps_file is None:                          # ranks other than 0 keep no files
-            return values
-        steps_file.write("".join(f"{first + i},{self.epoch + 1},{lr(first + i):.6g},{ce:.6g},{vb:.6g},{loss:.6g}\n"
-                                 for i, (ce, vb, loss) in enumerate(values)))
-        steps_file.flush()
-        ce, vb, loss = np.mean(values, axis=0)
-        bar.set_postfix(ce=f"{ce:.3f}", vb=f"{vb:.3f}", loss=f"{loss:.3f}", refresh=False)
-        return values
+            return finite
+        try:
+            steps_file.write("".join(f"{first + i},{self.epoch + 1},{lr(first + i):.6g},{ce:.6g},{vb:.6g},{loss:.6g}\n"
+                                     for i, (ce, vb, loss) in enumerate(values)))
+            steps_file.flush()
+        except OSError as e:
+            raise DiskError(f"cannot write {steps_file.name}: {e.strerror or e}. Training stopped at step "
+                            f"{self.step}; {self._kept_state()}. Free some disk space, then resume the run.") from e
+        if finite:
+            ce, vb, loss = np.mean(finite, axis=0)
+            bar.set_postfix(ce=f"{ce:.3f}", vb=f"{vb:.3f}", loss=f"{loss:.3f}", refresh=False)
+        return finite
+
+    def _screen_steps(self, readings: list, first: int):
+        """Stop on a step that went wrong: a non-finite loss, or a gradient that was not finite (that
+        update was skipped on the device, so the weights stay finite). Under fp16 skipped steps are
+        counted and tolerated up to skip_tolerance in a row (see MAX_FP16_SKIPS_IN_A_ROW)."""
+        new_skips = []
+        for i, (ce, vb, loss, grad_norm) in enumerate(readings):
+            step = first + i
+            losses_finite = all(map(math.isfinite, (ce, vb, loss)))
+            if math.isfinite(grad_norm):
+                self._skips_in_a_row = 0
+                if losses_finite:
+                    continue
+            else:
+                new_skips.append(step)
+                self._skips_in_a_row += 1
+                if self._skips_in_a_row <= self.skip_tolerance:
+                    continue
+            problem = (f"loss became {loss} (ce {ce}, vb {vb}) at step {step}" if not losses_finite else
+                       f"the gradient was not finite at step {step} (its loss was {loss:.4g}); that update was skipped")
+            if self._skips_in_a_row > 1:
+                problem += (f"; steps {step - self._skips_in_a_row + 1}-{step} were all skipped, although the fp16 "
+                            f"gradient scaler lowered its scale after each")
+            self.skipped_steps += new_skips
+            raise NonFiniteLoss(f"{problem}; stopping: {self._kept_state()}. Try a lower learning rate.")
+        self.skipped_steps += new_skips
+        if new_skips and self.is_main:
+            log(f"step{'s' if len(new_skips) > 1 else ''} {', '.join(map(str, new_skips))}: fp16 gradient overflow, "
+                f"update skipped while the gradient scaler settles ({len(self.skipped_steps)} skipped so far)")
 
     def run(self, progress: bool = True, verbose: bool = False, on_step=None) -> dict:
-        """Train until the epochs or max_steps run out. Ctrl-C (or a notebook interrupt) saves last.pt first."""
+        """Train until the epochs or max_steps run out. Ctrl-C (or a notebook interrupt) lets the step under
+        way finish, then saves last.pt: a resumed run continues exactly (see DeferredInterrupt)."""
         cfg = self.cfg
+        self.skipped_steps, self._skips_in_a_row = [], 0
         if self.step >= self.total_steps:
             log(f"{self.run_dir}: already trained for {self.step} steps; nothing to do")
             return self.summary()
         from tqdm.auto import tqdm
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (progress and self.is_main),
                    unit="step", dynamic_ncols=True, file=sys.stderr)
-        buffer = torch.zeros(cfg.log_every, 3, device=self.device)   # per-step (ce, vb, loss), read every log_every
-        n_buf, last_save = 0, time.time()
+        buffer = torch.zeros(cfg.log_every, 4, device=self.device)   # per-step (ce, vb, loss, grad norm), read every log_every
+        n_buf, last_save, mid_step = 0, time.time(), False
         self._saved_step = self.step
         self.model.train()
         steps_file = open(self.run_dir / "history_steps.csv", "a") if self.is_main else None
+        # Ranks must stop at the same step (collectives), so only a single process defers Ctrl-C.
+        interrupt = DeferredInterrupt(enabled=self.world == 1)
+        interrupt.install()
         try:
             while self.step < self.total_steps:
                 order = self.epoch_rows[epoch_permutation(len(self.epoch_rows), cfg.seed, self.epoch, self.device)]
@@ -1030,9 +1248,12 @@ class Trainer:
                 last = min(self.steps_per_epoch, first + self.total_steps - self.step)
                 epoch_values = []
                 for b in range(first, last):
+                    if interrupt.requested:             # between steps: the state is one the run passes through
+                        raise KeyboardInterrupt
                     idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                    mid_step = True
                     buffer[n_buf] = self.train_step(*self.train_data.batch(idx))
-                    self.step, n_buf = self.step + 1, n_buf + 1
+                    self.step, n_buf, mid_step = self.step + 1, n_buf + 1, False
                     bar.update(1)
                     if n_buf == cfg.log_every:
                         epoch_values += self.flush(buffer, n_buf, steps_file, bar)
@@ -1047,12 +1268,16 @@ class Trainer:
                 self.end_epoch(epoch_values, verbose, partial=last < self.steps_per_epoch)
                 last_save = time.time()
         except KeyboardInterrupt:
-            if self.world == 1:
+            if self.world == 1 and not (mid_step or interrupt.hard):
                 self.flush(buffer, n_buf, steps_file, bar)
                 self.save()
                 log(f"\ninterrupted: saved {self.run_dir}/last.pt at step {self.step}; continue with --resume")
+            elif self.world == 1:
+                log(f"\ninterrupted {f'during step {self.step + 1}' if mid_step else 'at once'}: nothing saved; "
+                    f"{self._kept_state()}")
             raise
         finally:
+            interrupt.restore()
             if steps_file:
                 steps_file.close()
             bar.close()
@@ -1097,7 +1322,8 @@ class Trainer:
     def summary(self) -> dict:
         last = self.history[-1] if self.history else {}
         return {"run_dir": str(self.run_dir), "step": self.step, "epoch": self.epoch,
-                "best_val_loss": self.best_val, "last": last, "params": count_params(self.model)}
+                "best_val_loss": self.best_val, "last": last, "params": count_params(self.model),
+                "skipped_steps": len(getattr(self, "skipped_steps", []))}
 
 
 def train(cfg: Config, run_dir, resume: bool = False, skip_invalid: bool = False, progress: bool = True,
@@ -1752,7 +1978,7 @@ def main(argv=None):
         build_parser().error("--run-name is required")
     try:
         args.func(args)
-    except (DataError, NonFiniteLoss) as e:
+    except (DataError, NonFiniteLoss, OSError) as e:     # OSError: a disk that is full, read-only, missing
         log(f"error: {e}")
         sys.exit(2)
     except KeyboardInterrupt:
