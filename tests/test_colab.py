@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -423,6 +424,14 @@ def test_medium_and_large_need_a_gpu_or_an_explicit_go_ahead(monkeypatch):
     monkeypatch.setattr(mc, "INTERFACE", "notebook")
     with pytest.raises(mc.DataError, match="tick ALLOW_CPU in the Settings"):
         mc.require_gpu("large", device="cpu")
+
+
+def test_command_line_asks_for_device_cpu_before_hours_on_a_cpu(fixture_csv, tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "mimir_core.py"), "train", "--preset", "medium", "--data",
+                           str(fixture_csv), "--checkpoint-dir", str(tmp_path / "runs")], capture_output=True, text=True,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=300)
+    assert proc.returncode == 2 and "the medium preset would train for hours" in proc.stderr
+    assert "pass --device cpu" in proc.stderr and not (tmp_path / "runs").exists()
 
 
 def test_run_time_estimate_after_the_first_steps(fixture_csv, tmp_path, capsys):
