@@ -954,7 +954,8 @@ class Trainer:
         self.train_data = DeviceData(rows, self.vocab, train_idx, self.device)
         self.val_data = DeviceData(rows, self.vocab, val_idx, self.device)
         self.stats = data_stats(subset_rows(rows, train_idx), self.vocab)
-        self.stats.update(heldout_rows=len(val_idx), data=rows.path, data_sha256=self.data_sha256)
+        self.stats.update(heldout_rows=len(val_idx), data=rows.path, data_sha256=self.data_sha256,
+                          skip_invalid=skip_invalid)
 
         self.diffusion = D3PM(len(self.vocab.letters), cfg.n_steps, self.device)
         self.model = build_model(cfg, self.vocab, self.device)

@@ -334,6 +334,7 @@ def test_a_run_knows_its_data_and_continues_only_on_them(fixture_csv, tmp_path):
     mc.train(tiny(fixture_csv, max_steps=5), run, progress=False)
     stats = json.loads((run / "data_stats.json").read_text())
     assert stats["data"] == str(fixture_csv) and stats["data_sha256"] == mc.file_checksum(fixture_csv)
+    assert stats["skip_invalid"] is False
     moved = tmp_path / "elsewhere" / "copy.csv"                 # the same data at another path: fine
     moved.parent.mkdir()
     shutil.copy(fixture_csv, moved)
