@@ -22,6 +22,7 @@ import copy
 import csv
 import difflib
 import gzip
+import hashlib
 import io
 import json
 import math
@@ -32,6 +33,7 @@ import sys
 import threading
 import time
 import warnings
+import zipfile
 import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -259,6 +261,34 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+# Messages name the user's controls in the words of the interface in use: the command line's flags, or
+# the notebook's settings (the notebook sets INTERFACE = "notebook"; a notebook user has no flags).
+INTERFACE = "cli"
+CONTROLS = {
+    "skip_invalid": {"cli": "pass --skip-invalid", "notebook": "tick SKIP_INVALID in the Settings"},
+    "resume": {"cli": "pass --resume", "notebook": "run the notebook again with the same RUN_NAME"},
+    "run_name": {"cli": "--run-name", "notebook": "RUN_NAME in the Settings"},
+    "epochs": {"cli": "--epochs", "notebook": "EPOCHS in the Settings"},
+    "allow_cpu": {"cli": "pass --device cpu", "notebook": "tick ALLOW_CPU in the Settings"},
+}
+
+
+def control(name: str) -> str:
+    """How the user in the current interface works the control `name` (see CONTROLS)."""
+    return CONTROLS[name][INTERFACE]
+
+
+GPU_PRESETS = ("medium", "large")       # hours or days of training on a CPU
+
+
+def require_gpu(preset: str, allow_cpu: bool = False, device: str = "auto") -> None:
+    """Stop before a preset meant for a GPU starts training on a CPU, unless the user said go on anyway."""
+    if preset in GPU_PRESETS and pick_device(device).type == "cpu" and not allow_cpu:
+        raise DataError(f"no GPU: the {preset} preset would train for hours on this CPU. Use a GPU (Colab: Runtime > "
+                        f"Change runtime type > T4 GPU), choose the small preset, or {control('allow_cpu')} "
+                        f"to train on the CPU anyway.")
+
+
 class DiskError(OSError):
     """A file could not be written (disk full, read-only, no permission); the message says which file
     and what was kept."""
@@ -359,6 +389,16 @@ class Vocab:
 _NOT_A_LETTER = re.compile(f"[^{RESIDUES}{RARE_RESIDUES}]")
 
 
+class Reason(str):
+    """A problem's text, which also knows its kind: the text with the row's own values left out
+    ("label '...' is not 0 or 1", "length N outside 4-20"), so problems can be counted by kind."""
+
+    def __new__(cls, template: str, *values):
+        reason = super().__new__(cls, template.format(*values))
+        reason.kind = template.format(*("N" if isinstance(v, int) else "..." for v in values))
+        return reason
+
+
 def _open_text(path: Path):
     """Text handle for .csv or .csv.gz; utf-8-sig drops a BOM, newline='' lets csv handle CRLF."""
     if path.suffix == ".gz":
@@ -389,11 +429,11 @@ def read_rows(path) -> tuple[Rows, list]:
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue                                   # blank line
                 if len(row) != len(header):
-                    problems.append((lineno, f"{len(row)} fields, expected {len(header)}"))
+                    problems.append((lineno, Reason("{} fields, expected {}", len(row), len(header))))
                     continue
                 label, target, seq = row[il].strip(), row[it].strip(), row[iseq].strip().upper()
                 if label not in ("0", "1"):
-                    problems.append((lineno, f"label '{label}' is not 0 or 1"))
+                    problems.append((lineno, Reason("label '{}' is not 0 or 1", label)))
                     continue
                 labels.append(int(label))
                 targets.append(target)
@@ -416,24 +456,24 @@ def row_problems(rows: Rows) -> list:
     interacting = {}                # sequence -> line of its first label-1 row
     for i, (label, target, seq) in enumerate(zip(rows.labels.tolist(), rows.targets, rows.sequences)):
         if label == 1 and not target:
-            problems.append((i, "label-1 row without a target"))
+            problems.append((i, Reason("label-1 row without a target")))
         elif label == 0 and target:
-            problems.append((i, f"label-0 row with target '{target}' (background rows have none)"))
+            problems.append((i, Reason("label-0 row with target '{}' (background rows have none)", target)))
         bad = _NOT_A_LETTER.search(seq)
         if bad:
-            problems.append((i, f"{bad.group()!r} at position {bad.start() + 1} is not a residue letter"))
+            problems.append((i, Reason("{!r} at position {} is not a residue letter", bad.group(), bad.start() + 1)))
         if not MIN_LEN <= len(seq) <= MAX_LEN:
-            problems.append((i, f"length {len(seq)} outside {MIN_LEN}-{MAX_LEN}"))
+            problems.append((i, Reason(f"length {{}} outside {MIN_LEN}-{MAX_LEN}", len(seq))))
         key = (label, target, seq)
         if key in first_seen:
-            problems.append((i, f"duplicate of line {first_seen[key]}"))
+            problems.append((i, Reason("duplicate of line {}", first_seen[key])))
         else:
             first_seen[key] = int(rows.lines[i])
         if label == 1:
             interacting.setdefault(seq, int(rows.lines[i]))
     for i, (label, seq) in enumerate(zip(rows.labels.tolist(), rows.sequences)):
         if label == 0 and seq in interacting:
-            problems.append((i, f"background sequence equals the interacting peptide on line {interacting[seq]}"))
+            problems.append((i, Reason("background sequence equals the interacting peptide on line {}", interacting[seq])))
     return problems
 
 
@@ -441,7 +481,7 @@ def summarize_problems(path, problems: list, limit: int = 20) -> str:
     """'N problems' + a count per kind + the first `limit` problems with their lines."""
     kinds = {}
     for _, reason in problems:
-        kind = re.sub(r"\d+", "N", re.sub(r"'[^']*'", "'...'", reason))
+        kind = getattr(reason, "kind", reason)
         kinds[kind] = kinds.get(kind, 0) + 1
     out = [f"{path}: {len(problems)} problem(s) in {len({line for line, _ in problems})} line(s):"]
     out += [f"  {n} x {kind}" for kind, n in sorted(kinds.items(), key=lambda kv: -kv[1])]
@@ -465,15 +505,44 @@ def load_rows(path=None, skip_invalid: bool = False) -> Rows:
     rows, problems, bad_rows = check_rows(path)
     if problems and not skip_invalid:
         raise DataError(summarize_problems(path, problems)
-                        + "\nFix the file, or pass --skip-invalid to train on the valid rows only.")
+                        + f"\nFix the file, or {control('skip_invalid')} to train on the valid rows only.")
     if problems:
-        log(summarize_problems(path, problems) + f"\nSkipping {len(problems)} problem(s) as asked (--skip-invalid).")
+        log(summarize_problems(path, problems) + f"\nSkipping {len(problems)} problem(s) as asked.")
         keep = np.ones(len(rows.sequences), dtype=bool)
         keep[[i for i, _ in bad_rows]] = False
         rows = subset_rows(rows, np.flatnonzero(keep))
     if len(rows.sequences) == 0:
         raise DataError(f"{path}: no valid rows")
     return rows
+
+
+def file_checksum(path) -> str:
+    """sha256 of a file's bytes: how a run knows the data it was trained on, wherever the file lives."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def keep_upload(uploaded: dict, folder) -> Path:
+    """Keep a file uploaded in Colab ({name: bytes}, as google.colab.files.upload returns it) as the only
+    file in `folder`, so later runs use it without asking again. The bytes are written here rather than
+    looked up on disk: Colab saves a second upload of a name as 'name (1)' yet returns the first name."""
+    if not uploaded:
+        raise DataError("no file was uploaded: run again and choose your CSV file")
+    if len(uploaded) > 1:
+        raise DataError(f"{len(uploaded)} files were uploaded ({', '.join(uploaded)}): upload one CSV file")
+    (name, data), = uploaded.items()
+    folder = Path(folder)
+    if folder.exists():
+        for old in folder.iterdir():
+            if old.is_file():
+                old.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / Path(name).name
+    atomic_write(path, lambda f: f.write(data))
+    return path
 
 
 def describe_rows(rows: Rows) -> str:
@@ -812,11 +881,21 @@ def sample_categorical(probs, generator=None):
 # =============================================================================================
 
 
+WARMUP_MAX_FRACTION = 0.1          # warm-up never takes more than this share of a run's steps
+
+
+def warmup_steps(cfg: Config, total_steps: int) -> int:
+    """The preset's warm-up, cut to WARMUP_MAX_FRACTION of the run, so a short run (a small dataset)
+    still reaches the peak lr and decays from it."""
+    return max(1, min(cfg.warmup, int(WARMUP_MAX_FRACTION * total_steps)))
+
+
 def lr_at(step: int, cfg: Config, total_steps: int) -> float:
     """Multiplier of the base lr: linear warmup, then cosine decay to 10% at the last step."""
-    if step < cfg.warmup:
-        return (step + 1) / cfg.warmup
-    progress = min(1.0, (step - cfg.warmup) / max(1, total_steps - cfg.warmup))
+    warmup = warmup_steps(cfg, total_steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -900,6 +979,43 @@ def heldout_losses(model, diffusion: D3PM, data: DeviceData, cfg: Config, batch_
     return {"ce": ce, "vb": vb, "loss": ce + cfg.hybrid_coeff * vb}
 
 
+def format_duration(seconds: float) -> str:
+    """'40 s', '12 min', '2 h 05 min'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
+class RunTimer:
+    """An on_step callback (chained before `then`) that times a stretch of steps once the first ones
+    (start-up, compilation) are behind, and logs how long the rest of the run will take. It waits for the
+    device at both ends, so asynchronous GPU steps are timed honestly. The stretch is at most half an
+    epoch, and starts over when an epoch end (held-out scoring, checkpoint) falls inside it."""
+
+    def __init__(self, trainer, then=None, skip: int = 10, stretch: int = 50):
+        self.trainer, self.then = trainer, then
+        self.stretch = max(1, min(stretch, trainer.steps_per_epoch // 2))
+        self.start, self.t0, self.epoch = trainer.step + skip, None, None
+
+    def __call__(self, step: int):
+        if self.then is not None:
+            self.then(step)
+        t = self.trainer
+        if not t.is_main or step not in (self.start, self.start + self.stretch):
+            return
+        if t.device.type == "cuda":
+            torch.cuda.synchronize(t.device)
+        if step == self.start or t.epoch != self.epoch:
+            self.start, self.t0, self.epoch = step, time.perf_counter(), t.epoch
+            return
+        per_step = (time.perf_counter() - self.t0) / self.stretch
+        left = t.total_steps - step
+        log(f"{per_step * 1e3:.0f} ms a step: the remaining {left:,} steps take about "
+            f"{format_duration(left * per_step)} (plus held-out scoring at each epoch end)")
+
+
 # --- run directory -------------------------------------------------------------------------
 
 
@@ -923,7 +1039,8 @@ def load_checkpoint(path) -> dict:
 
 
 def sampling_weights(ckpt: dict) -> dict:
-    """The weights that generate and evaluate: the moving average when the run keeps one."""
+    """The weights to sample with, from a checkpoint or model file (the one place that chooses them):
+    the moving average when the run keeps one."""
     return ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"]
 
 
@@ -945,6 +1062,45 @@ def unreadable_checkpoint_message(path, error: Exception) -> str:
 
 def run_dir_for(run_name: str, checkpoint_dir="checkpoints") -> Path:
     return Path(checkpoint_dir) / run_name
+
+
+def run_name_for(preset: str, data: str = "", prefix: str = "colab") -> str:
+    """A default run name that differs for different data: <prefix>_<preset>_demo, or
+    <prefix>_<preset>_<file name>_<the first 8 hex digits of its sha256>."""
+    if not data:
+        return f"{prefix}_{preset}_demo"
+    stem = re.sub(r"[^A-Za-z0-9]+", "_", Path(data).name.split(".")[0]).strip("_")[:24] or "data"
+    return f"{prefix}_{preset}_{stem}_{file_checksum(data)[:8]}"
+
+
+MODEL_FILE = "model.pt"             # what generation needs: weights, vocabulary, config, data stats
+
+
+def checkpoint_path(run_dir, checkpoint: str = "best") -> Path:
+    """The file a run samples from: best.pt, else last.pt, else model.pt (a run downloaded without its
+    checkpoints); or last.pt when asked for."""
+    run_dir = Path(run_dir)
+    if checkpoint != "best":
+        return run_dir / f"{checkpoint}.pt"
+    return next((run_dir / name for name in ("best.pt", "last.pt", MODEL_FILE) if (run_dir / name).exists()),
+                run_dir / "best.pt")
+
+
+def export_model(run_dir, checkpoint: str = "best") -> Path:
+    """Write run_dir/model.pt: the sampling weights, vocabulary, config and data stats, without the
+    optimizer state (a few MB for the small preset). load_run and generate take it, or a folder holding
+    it; resuming training needs last.pt."""
+    run_dir = Path(run_dir)
+    source = checkpoint_path(run_dir, checkpoint)
+    ckpt = load_checkpoint(source)
+    stats_path = run_dir / "data_stats.json"
+    model = {"format": CHECKPOINT_FORMAT, "config": ckpt["config"], "letters": ckpt["letters"],
+             "targets": ckpt["targets"], "model": sampling_weights(ckpt), "step": ckpt["step"],
+             "epoch": ckpt["epoch"], "source": source.name,
+             "stats": json.loads(stats_path.read_text()) if stats_path.exists() else ckpt.get("stats", {})}
+    out = run_dir / MODEL_FILE
+    atomic_write(out, lambda f: torch.save(model, f))
+    return out
 
 
 class NonFiniteLoss(RuntimeError):
@@ -1002,13 +1158,15 @@ class Trainer:
         self.is_main = self.rank == 0                   # only rank 0 writes logs, plots and checkpoints
         rows = rows if rows is not None else load_rows(cfg.data or None, skip_invalid=skip_invalid)
         self.vocab = Vocab(ckpt["letters"], ckpt["targets"]) if ckpt else Vocab.from_rows(rows)
+        self.data_sha256 = file_checksum(rows.path) if Path(rows.path).is_file() else ""
         if ckpt:
             self._check_compatible(rows)
         train_idx, val_idx = split_indices(rows, cfg.val_fraction)
         self.train_data = DeviceData(rows, self.vocab, train_idx, self.device)
         self.val_data = DeviceData(rows, self.vocab, val_idx, self.device)
         self.stats = data_stats(subset_rows(rows, train_idx), self.vocab)
-        self.stats.update(heldout_rows=len(val_idx), data=rows.path)
+        self.stats.update(heldout_rows=len(val_idx), data=rows.path, data_sha256=self.data_sha256,
+                          skip_invalid=skip_invalid)
 
         self.diffusion = D3PM(len(self.vocab.letters), cfg.n_steps, self.device)
         self.model = build_model(cfg, self.vocab, self.device)
@@ -1019,6 +1177,11 @@ class Trainer:
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
+        if self.total_steps < cfg.warmup and self.is_main:
+            log(f"note: this run is only {self.total_steps} steps ({self.steps_per_epoch} an epoch), fewer than the "
+                f"{cfg.preset} preset's warm-up of {cfg.warmup} steps alone: warm-up is cut to "
+                f"{warmup_steps(cfg, self.total_steps)} of them and the model will learn little. More data, or more "
+                f"epochs ({control('epochs')}), make a longer run.")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_at(s, self.cfg, self.total_steps))
         self.amp = amp_dtype(self.device)
@@ -1047,21 +1210,41 @@ class Trainer:
     # -- resume ------------------------------------------------------------------------------
 
     def _existing_checkpoint(self, resume: bool):
-        last = self.run_dir / "last.pt"
-        if not last.exists():
+        """The checkpoint a run resumes from: last.pt, or best.pt when there is no last.pt (the user removed
+        an unreadable one, as the error below offers)."""
+        found = [self.run_dir / name for name in ("last.pt", "best.pt") if (self.run_dir / name).exists()]
+        if not found:
             if resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
-                log(f"{self.run_dir}: no last.pt yet; starting the run from the beginning")
+                log(f"{self.run_dir}: no checkpoint yet; starting the run from the beginning")
             return None
         if not resume:
-            raise DataError(f"{self.run_dir} already holds a run (last.pt). Pass --resume to continue it, "
-                            f"or choose another --run-name.")
-        return load_checkpoint(last)
+            raise DataError(f"{self.run_dir} already holds a run ({found[0].name}): to continue it, {control('resume')}; "
+                            f"or choose another run name ({control('run_name')}).")
+        if found[0].name == "best.pt":
+            log(f"{self.run_dir}: no last.pt; continuing from best.pt")
+        try:
+            return load_checkpoint(found[0])
+        except DataError as e:
+            raise DataError(f"{e}\n{self._fallback(found[0])}") from e
+
+    def _fallback(self, bad: Path) -> str:
+        """What to do when `bad` cannot be read: continue from an intact best.pt, or start over."""
+        best = self.run_dir / "best.pt"
+        try:
+            ckpt = load_checkpoint(best) if bad != best else None
+        except DataError:
+            ckpt = None
+        if ckpt is None:
+            return (f"There is no intact best.pt to fall back on: choose another run name ({control('run_name')}) "
+                    f"to start over, or delete {self.run_dir}.")
+        return (f"best.pt beside it is intact (step {ckpt['step']}, epoch {ckpt['epoch']}): delete or rename "
+                f"{bad.name} and run again to continue from best.pt (steps after {ckpt['step']} are trained again).")
 
     def _resumed_config(self, saved: dict, asked: Config) -> Config:
         """A resumed run keeps its model and data; only how long it runs and where may change."""
         if asked.preset != saved["preset"]:
             raise DataError(f"{self.run_dir} holds a {saved['preset']} run, which cannot continue as {asked.preset}: "
-                            f"resume it with preset {saved['preset']}, or choose another run name")
+                            f"resume it with preset {saved['preset']}, or choose another run name ({control('run_name')})")
         cfg = config_from_saved(saved)
         for name in ("epochs", "max_steps", "device", "save_every_minutes", "compile", "log_every"):
             setattr(cfg, name, getattr(asked, name))
@@ -1073,7 +1256,15 @@ class Trainer:
         extra_targets = {t for t in rows.targets if t} - set(self.vocab.targets)
         if extra_letters or extra_targets:
             raise DataError(f"{rows.path} does not match the checkpoint in {self.run_dir}: new letters "
-                            f"{sorted(extra_letters)}, new targets {sorted(extra_targets)[:10]}")
+                            f"{sorted(extra_letters)}, new targets {sorted(extra_targets)[:10]}. A run continues "
+                            f"only on its own data: choose another run name ({control('run_name')}) for these.")
+        stats_path = self.run_dir / "data_stats.json"
+        trained_on = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+        if trained_on.get("data_sha256") and trained_on["data_sha256"] != self.data_sha256:
+            raise DataError(f"{self.run_dir} was trained on {trained_on['data']} (sha256 "
+                            f"{trained_on['data_sha256'][:12]}), and {rows.path} holds other data (sha256 "
+                            f"{self.data_sha256[:12] or 'unknown'}). A run continues only on its own data: choose "
+                            f"another run name ({control('run_name')}) for these.")
 
     def _restore(self, ckpt: dict):
         try:
@@ -1271,7 +1462,7 @@ class Trainer:
             if self.world == 1 and not (mid_step or interrupt.hard):
                 self.flush(buffer, n_buf, steps_file, bar)
                 self.save()
-                log(f"\ninterrupted: saved {self.run_dir}/last.pt at step {self.step}; continue with --resume")
+                log(f"\ninterrupted: saved {self.run_dir}/last.pt at step {self.step}; to continue, {control('resume')}")
             elif self.world == 1:
                 log(f"\ninterrupted {f'during step {self.step + 1}' if mid_step else 'at once'}: nothing saved; "
                     f"{self._kept_state()}")
@@ -1336,7 +1527,7 @@ def train(cfg: Config, run_dir, resume: bool = False, skip_invalid: bool = False
             f"x{trainer.cfg.label1_repeat} per epoch), "
             f"{trainer.steps_per_epoch} steps per epoch, device {trainer.device}"
             f"{', ' + str(trainer.amp).replace('torch.', '') if trainer.amp else ''}")
-    return trainer.run(progress=progress, verbose=verbose, on_step=on_step)
+    return trainer.run(progress=progress, verbose=verbose, on_step=RunTimer(trainer, then=on_step))
 
 
 # =============================================================================================
@@ -1357,10 +1548,10 @@ class Run:
 
 
 def load_run(run_dir, checkpoint: str = "best", device: str = "auto") -> Run:
+    """A model ready to sample, from a run directory (see checkpoint_path) or a model file (export_model)."""
     run_dir = Path(run_dir)
-    path = run_dir / f"{checkpoint}.pt"
-    if checkpoint == "best" and not path.exists():
-        path = run_dir / "last.pt"
+    path = run_dir if run_dir.is_file() else checkpoint_path(run_dir, checkpoint)
+    run_dir = path.parent
     ckpt = load_checkpoint(path)
     cfg = config_from_saved(ckpt["config"])
     vocab = Vocab(ckpt["letters"], ckpt["targets"])
@@ -1371,7 +1562,7 @@ def load_run(run_dir, checkpoint: str = "best", device: str = "auto") -> Run:
     except RuntimeError as e:
         raise DataError(f"{path}: weights do not match the config stored with them: {e}") from e
     stats_path = run_dir / "data_stats.json"
-    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    stats = ckpt.get("stats") or (json.loads(stats_path.read_text()) if stats_path.exists() else {})
     return Run(cfg, vocab, model.to(dev).eval(), D3PM(len(vocab.letters), cfg.n_steps, dev), stats, dev, run_dir)
 
 
@@ -1822,11 +2013,21 @@ def plot_convergence(run_dir, out: str | None = None):
     return fig
 
 
-def zip_run(run_dir) -> Path:
-    """run_dir as a .zip beside it (checkpoints, history, plots), for download."""
-    import shutil
+def zip_run(run_dir, checkpoints: bool = True) -> Path:
+    """run_dir as a .zip beside it, for download: <run>.zip with everything, or with checkpoints=False
+    <run>_model.zip without last.pt and best.pt (the optimizer state, only needed to resume), which keeps
+    model.pt (see export_model), the history, the plots and the evaluation."""
     run_dir = Path(run_dir)
-    return Path(shutil.make_archive(str(run_dir), "zip", run_dir.parent, run_dir.name))
+    out = run_dir.with_name(run_dir.name + ("" if checkpoints else "_model") + ".zip")
+    left_out = set() if checkpoints else {"last.pt", "best.pt"}
+
+    def write(f):
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in sorted(run_dir.rglob("*")):
+                if path.is_file() and path.name not in left_out and not path.name.endswith(".tmp"):
+                    archive.write(path, Path(run_dir.name) / path.relative_to(run_dir))
+    atomic_write(out, write)
+    return out
 
 
 # =============================================================================================
@@ -1856,6 +2057,7 @@ def cmd_train(args):
         overrides = {**{k: v for k, v in base.items() if k != "preset"},
                      **{k: v for k, v in overrides.items() if v is not None}}
     cfg = make_config(preset, **overrides)
+    require_gpu(cfg.preset, allow_cpu=cfg.device == "cpu")
     try:
         summary = train(cfg, run_dir, resume=args.resume, skip_invalid=args.skip_invalid,
                         progress=not args.no_progress, verbose=args.verbose)

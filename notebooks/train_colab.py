@@ -1,7 +1,12 @@
 # ---
 # jupyter:
+#   accelerator: GPU
+#   colab:
+#     gpuType: T4
+#     provenance: []
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: accelerator,colab,kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -19,73 +24,121 @@
 # Mimir trains a conditional discrete-diffusion model (D3PM) that writes short peptides (4-20 residues)
 # for an interaction label and a target human protein.
 #
-# **How to use:** pick a GPU runtime (*Runtime > Change runtime type > T4 GPU*; on Colab Pro choose
-# *A100* for the large preset), set the form below, then *Runtime > Run all*. With the demo data and the
-# small preset the whole notebook takes a few minutes on a T4.
+# **Before you start**
+# - The notebook opens on a T4 GPU runtime. On Colab Pro choose *A100* for the large preset
+#   (*Runtime > Change runtime type*). Without a GPU the medium and large presets stop at the runtime
+#   check (unless you tick `ALLOW_CPU`).
+# - The notebook needs the rest of the Mimir repository. If `REPO_URL` below is empty, step 2 asks for
+#   the repository as a zip: download it first from the repository's web page (*Code > Download ZIP*).
+#   With `SAVE_TO_DRIVE` the code is kept on your Google Drive, so it is asked for only once.
+# - Your own data: a CSV (or `.csv.gz`) with the header `label,target,sequence`, on your computer
+#   (`upload`) or on Google Drive (`drive`).
 #
-# **Results** go to `checkpoints/<RUN_NAME>/` (or to Google Drive with `SAVE_TO_DRIVE`): checkpoints,
-# the training history, the convergence plot, the evaluation report. The last cell downloads a zip.
+# **How to use:** set the form below, then *Runtime > Run all*. With the demo data and the small preset
+# the whole notebook takes a few minutes on a T4; the Train step says how long a run will take once it
+# has timed its first steps.
+#
+# **Results** go to `/content/checkpoints/<run name>/`, or with `SAVE_TO_DRIVE` to
+# `MyDrive/mimir/checkpoints/<run name>/` (the Train step prints the folder): checkpoints, the training
+# history, the convergence plot, the evaluation. The last step downloads the model for generation with the
+# history and plots (a few MB); the full training state (`last.pt`, `best.pt`) stays in the run folder.
 #
 # **After a disconnect:** with `SAVE_TO_DRIVE` on, a checkpoint reaches Drive every 5 minutes and at
 # every epoch end. Reconnect, keep the same settings and *Run all* again: training resumes where it stopped.
 
 # %% [markdown]
 # ## 1. Settings
-# - `PRESET`: small (839K parameters, fine on Colab Free's T4), medium (3.9M), large (21.5M, pick an
-#   A100 on Colab Pro).
-# - `DATA_SOURCE`: `demo` uses the embedded demo data; `upload` asks for a CSV; `drive` reads
-#   `DRIVE_DATA_PATH` from your Google Drive. The CSV needs the header `label,target,sequence`
-#   (an optional `source` column keeps each protein's peptides on one side of the held-out split).
-# - `RUN_NAME`: empty means `colab_<preset>`. The same name resumes the same run.
+# - `PRESET`: small (0.74M parameters on the demo data, 0.84M with 800 targets; fine on Colab Free's T4),
+#   medium (3.7M / 3.9M), large (21.1M / 21.5M; pick an A100 on Colab Pro).
+# - `DATA_SOURCE`: `demo` uses the embedded demo data; `upload` asks for a CSV once and keeps it for later
+#   runs (tick `NEW_UPLOAD` to give another file); `drive` reads `DRIVE_DATA_PATH` from your Google Drive
+#   (a path inside *My Drive*, or a full path). The CSV needs the header `label,target,sequence` (an
+#   optional `source` column keeps each protein's peptides on one side of the held-out split).
+# - `SKIP_INVALID`: train on the valid rows of a file with problems (they are listed either way).
+# - `RUN_NAME`: empty means `colab_<preset>_demo`, or `colab_<preset>_<file name>_<checksum>` for your
+#   data, so other data never continue an old run. The same name and data resume the same run.
+# - `SAVE_TO_DRIVE`: keep runs (and the code) on Google Drive, so a disconnect loses nothing.
 # - `EPOCHS`: 0 keeps the preset's number of epochs.
-# - `REPO_URL`: only needed when this notebook was opened on its own (from GitHub or a file): the git
-#   URL of the Mimir repository. Left empty, the next cell asks you to upload the repository as a zip.
+# - `ALLOW_CPU`: train the medium or large preset on a CPU runtime anyway (hours).
+# - `REPO_URL`: the git URL of the Mimir repository, for a notebook opened on its own (from GitHub or a
+#   file). Left empty, step 2 asks you to upload the repository as a zip.
 
 # %%
 # @title Settings
 PRESET = "small"  # @param ["small", "medium", "large"]
 DATA_SOURCE = "demo"  # @param ["demo", "upload", "drive"]
-DRIVE_DATA_PATH = "/content/drive/MyDrive/mimir/dataset.csv"  # @param {type:"string"}
+DRIVE_DATA_PATH = "mimir/dataset.csv"  # @param {type:"string"}
+NEW_UPLOAD = False  # @param {type:"boolean"}
+SKIP_INVALID = False  # @param {type:"boolean"}
 RUN_NAME = ""  # @param {type:"string"}
 SAVE_TO_DRIVE = False  # @param {type:"boolean"}
 EPOCHS = 0  # @param {type:"integer"}
+ALLOW_CPU = False  # @param {type:"boolean"}
+# Where the repository is published; the README's "Open in Colab" link names the same one (a test checks).
 REPO_URL = ""  # @param {type:"string"}
 
 import os
 import sys
+from pathlib import Path
 
 IN_COLAB = "google.colab" in sys.modules
+CONTENT = Path(os.environ.get("MIMIR_COLAB_CONTENT", "/content"))   # Colab's working folder
+DRIVE = CONTENT / "drive" / "MyDrive"                                # where Google Drive appears once mounted
 SMOKE = os.environ.get("MIMIR_SMOKE") == "1"   # set by the test suite: tiny model, 150 steps, on the CPU
 if SMOKE:
-    PRESET, DATA_SOURCE, SAVE_TO_DRIVE, EPOCHS = "tiny", "demo", False, 0
-RUN_NAME = RUN_NAME or f"colab_{PRESET}"
+    PRESET = "tiny"
 
 # %% [markdown]
 # ## 2. Code and dependencies
-# Finds `mimir_core.py` (in this repository, or in `/content/mimir`); in Colab it otherwise clones
-# `REPO_URL`, or asks you to upload the repository as a zip (on its web page: *Code > Download ZIP*).
-# Then installs only what is missing. Colab's own PyTorch is never reinstalled.
+# Finds `mimir_core.py` (in this repository, or fetched before); in Colab it otherwise clones `REPO_URL`,
+# or asks you to upload the repository as a zip (on its web page: *Code > Download ZIP*); a wrong file is
+# named and asked for again. With `SAVE_TO_DRIVE` the code is kept in `MyDrive/mimir/code` (delete that
+# folder to fetch a newer version). Then installs only what is missing; Colab's own PyTorch is never
+# reinstalled.
 
 # %%
-import importlib.util
+import io
+import shutil
 import subprocess
 import zipfile
-from pathlib import Path
 
-places = [Path.cwd(), Path.cwd().parent, Path("/content/mimir"), *Path("/content/mimir").glob("*/")]
+if IN_COLAB and (SAVE_TO_DRIVE or DATA_SOURCE == "drive"):
+    from google.colab import drive
+    drive.mount(str(CONTENT / "drive"))
+CODE = DRIVE / "mimir" / "code" if IN_COLAB and SAVE_TO_DRIVE else CONTENT / "mimir"
+places = [Path.cwd(), Path.cwd().parent, CODE, *sorted(CODE.glob("*/"))]
 code_dir = next((p for p in places if (p / "mimir_core.py").exists()), None)
-if code_dir is None and IN_COLAB and REPO_URL:
-    subprocess.run(["git", "clone", "--depth", "1", REPO_URL, "/content/mimir"], check=True)
-    code_dir = Path("/content/mimir")
-elif code_dir is None and IN_COLAB:
-    from google.colab import files
-    print("Upload the Mimir repository as a zip (its web page: Code > Download ZIP).")
-    for name in files.upload():
-        zipfile.ZipFile(name).extractall("/content/mimir")
-    code_dir = next(p.parent for p in Path("/content/mimir").rglob("mimir_core.py"))
+if code_dir is None and IN_COLAB:
+    shutil.rmtree(CODE, ignore_errors=True)             # what a failed attempt left must not block this one
+    if REPO_URL:
+        clone = subprocess.run(["git", "clone", "--depth", "1", REPO_URL, str(CODE)], capture_output=True, text=True)
+        if not (CODE / "mimir_core.py").exists():
+            shutil.rmtree(CODE, ignore_errors=True)
+            raise RuntimeError(f"REPO_URL {REPO_URL} gave no Mimir code ({clone.stderr.strip() or 'no mimir_core.py'})."
+                               " Correct REPO_URL, or empty it to upload the repository as a zip.")
+        code_dir = CODE
+    while code_dir is None:
+        from google.colab import files
+        print("Upload the Mimir repository as a zip (on its web page: Code > Download ZIP).")
+        uploaded = files.upload()
+        if not uploaded:
+            raise RuntimeError("No file was uploaded: run the notebook again and choose the repository's zip "
+                               "(or set REPO_URL).")
+        for data in uploaded.values():
+            if zipfile.is_zipfile(io.BytesIO(data)):
+                zipfile.ZipFile(io.BytesIO(data)).extractall(CODE)
+        code_dir = next((p.parent for p in [*CODE.glob("mimir_core.py"), *CODE.glob("*/mimir_core.py")]), None)
+        if code_dir is None:
+            shutil.rmtree(CODE, ignore_errors=True)
+            print(f"{', '.join(uploaded)}: not a zip of the Mimir repository (no mimir_core.py in it). "
+                  "Your data come later, in step 4.")
 if code_dir is None:
     raise RuntimeError("mimir_core.py not found: open this notebook from the repository's notebooks/ folder")
 sys.path.insert(0, str(code_dir))
+print(f"Mimir code: {code_dir}")
+
+# %%
+import importlib.util
 
 missing = [pkg for pkg in ("numpy", "matplotlib", "tqdm") if importlib.util.find_spec(pkg) is None]
 if missing:
@@ -93,22 +146,27 @@ if missing:
 
 import mimir_core as mc
 
+mc.INTERFACE = "notebook"      # messages name this form's settings, not command-line flags
+
 # %% [markdown]
 # ## 3. Runtime check
 # You should see your GPU and the precision training will use (T4: fp16 with a gradient scaler;
-# A100: bf16). "No GPU" means this runtime is CPU-only: the notebook still works, slowly (the small
-# preset on the demo takes about ten minutes); switch with *Runtime > Change runtime type*.
+# A100: bf16). "No GPU" means this runtime is CPU-only: the small preset still works, slowly (on the demo
+# about ten minutes); medium and large stop here unless `ALLOW_CPU` is ticked. Switch with
+# *Runtime > Change runtime type*.
 
 # %%
 print(mc.runtime_info())
+mc.require_gpu(PRESET, allow_cpu=ALLOW_CPU)
 
 # %% [markdown]
 # ## 4. Data
 # The data are checked with the same rules as the command line: a bad file stops here with the line
-# number of every problem. You should see the rows per label, the number of targets and the length
-# distributions of both labels, which should match (otherwise a model could tell the labels apart by
-# length alone). The demo's label-1 rows are **motif-derived stand-ins** (windows of real proteins that
-# match a known short linear motif of the target's domain), **not measured interactions**.
+# number of every problem (fix the file and upload it again with `NEW_UPLOAD`, or tick `SKIP_INVALID`).
+# You should see the rows per label, the number of targets and the length distributions of both labels,
+# which should match (otherwise a model could tell the labels apart by length alone). The demo's label-1
+# rows are **motif-derived stand-ins** (windows of real proteins that match a known short linear motif of
+# the target's domain), **not measured interactions**.
 
 # %%
 if DATA_SOURCE == "demo":
@@ -116,38 +174,41 @@ if DATA_SOURCE == "demo":
 elif DATA_SOURCE == "upload":
     if not IN_COLAB:
         raise RuntimeError("DATA_SOURCE='upload' needs Colab; elsewhere use 'drive' with a local path")
-    from google.colab import files
-    DATA_PATH = str(Path(next(iter(files.upload()))).resolve())
+    UPLOADS = DRIVE / "mimir" / "uploads" if SAVE_TO_DRIVE else CONTENT / "uploads"   # kept for later runs
+    kept = sorted(UPLOADS.glob("*"))
+    if NEW_UPLOAD or not kept:
+        from google.colab import files
+        print("Upload your CSV (header label,target,sequence).")
+        kept = [mc.keep_upload(files.upload(), UPLOADS)]
+    DATA_PATH = str(kept[0])
+    print(f"data: {DATA_PATH} (tick NEW_UPLOAD to upload another file)")
 else:
-    if IN_COLAB:
-        from google.colab import drive
-        drive.mount("/content/drive")
-    DATA_PATH = DRIVE_DATA_PATH
+    DATA_PATH = str(DRIVE / DRIVE_DATA_PATH) if IN_COLAB else DRIVE_DATA_PATH
 
-rows = mc.load_rows(DATA_PATH or None)
+rows = mc.load_rows(DATA_PATH or None, skip_invalid=SKIP_INVALID)
 print(mc.describe_rows(rows))
 mc.plot_lengths(rows);
 
 # %% [markdown]
 # ## 5. Train
 # A progress bar shows the step and the running ce (cross-entropy of the x0 prediction), vb (the
-# variational term) and their weighted sum. Each epoch ends with a line of held-out figures and a
-# checkpoint. Running this cell again with the same `RUN_NAME` resumes the run instead of starting over.
+# variational term) and their weighted sum; after the first steps a line says how long the run will take.
+# Each epoch ends with a line of held-out figures and a checkpoint. Running the notebook again with the
+# same run name and data resumes the run instead of starting over; a run too short to learn much says so
+# (more epochs or more data help).
 
 # %%
-if SAVE_TO_DRIVE and IN_COLAB:
-    from google.colab import drive
-    drive.mount("/content/drive")
-    CHECKPOINT_DIR = "/content/drive/MyDrive/mimir/checkpoints"
-else:
-    CHECKPOINT_DIR = str(code_dir / "checkpoints")
-if SMOKE:                                           # test runs leave nothing behind in the repository
-    import tempfile
-    CHECKPOINT_DIR = tempfile.mkdtemp()
-run_dir = mc.run_dir_for(RUN_NAME, CHECKPOINT_DIR)
+import tempfile
+
+if IN_COLAB:
+    CHECKPOINT_DIR = DRIVE / "mimir" / "checkpoints" if SAVE_TO_DRIVE else CONTENT / "checkpoints"
+else:                                               # beside the code; test runs leave nothing in the repository
+    CHECKPOINT_DIR = Path(tempfile.mkdtemp()) if SMOKE else code_dir / "checkpoints"
+run_dir = mc.run_dir_for(RUN_NAME or mc.run_name_for(PRESET, DATA_PATH), CHECKPOINT_DIR)
+print(f"run folder: {run_dir}")
 cfg = mc.make_config(PRESET, data=DATA_PATH, epochs=EPOCHS or None, max_steps=150 if SMOKE else None,
                      save_every_minutes=5)
-summary = mc.train(cfg, run_dir, resume=True, verbose=True)
+summary = mc.train(cfg, run_dir, resume=True, skip_invalid=SKIP_INVALID, verbose=True)
 
 # %% [markdown]
 # ## 6. Convergence
@@ -194,12 +255,16 @@ mc.plot_evaluation(report);
 
 # %% [markdown]
 # ## 9. Save
-# A zip of the run directory (checkpoints, history, plots, evaluation). In Colab it downloads; elsewhere
-# it stays next to the run directory. With `SAVE_TO_DRIVE` the run is on Drive as well.
+# `model.pt` holds what generation needs (weights, vocabulary, config, data statistics; a few MB for the
+# small preset). In Colab a zip of it with the history, the plots and the evaluation downloads; unzipped
+# it is a run folder that `mc.load_run` and `python mimir_core.py generate --run-name <run name>` read.
+# The full training state (`last.pt`, `best.pt`, with the optimizer) stays in the run folder, on Drive
+# with `SAVE_TO_DRIVE`; `mc.zip_run(run_dir)` zips all of it.
 
 # %%
-archive = mc.zip_run(run_dir)
-print(f"saved {archive} ({archive.stat().st_size / 2**20:.1f} MiB)")
-if IN_COLAB and not SMOKE:
+model_file = mc.export_model(run_dir)
+archive = mc.zip_run(run_dir, checkpoints=False)
+print(f"saved {archive} ({archive.stat().st_size / 2**20:.1f} MiB): {model_file.name}, history, plots, evaluation")
+if IN_COLAB:
     from google.colab import files
     files.download(str(archive))
