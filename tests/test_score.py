@@ -140,30 +140,26 @@ def test_read_peptides_takes_lines_fasta_and_csv_with_their_line_numbers(tmp_pat
 
 
 def test_cli_prints_the_table_in_input_order_and_names_bad_lines(run, trained_run, tmp_path):
-    peptides = ["PPLPACDKE", "acdefghik", "KRSWSKPLE", "GGWWMNPQ"]
-    proc = cli("score", "--run-name", trained_run.name, "--checkpoint-dir", trained_run.parent, "--target", "P11111",
-               stdin="\n".join(peptides) + "\n")
-    assert proc.returncode == 0, proc.stderr
-    lines = [ln.split("\t") for ln in proc.stdout.splitlines()]
-    assert lines[0] == list(mc.SCORE_COLUMNS)
-    expected = mc.score(run, peptides, "P11111")
-    assert [ln[0] for ln in lines[1:]] == [p.upper() for p in peptides]
-    assert [float(ln[1]) for ln in lines[1:]] == pytest.approx([r["score"] for r in expected], abs=2e-3)
-
+    where = ["--run-name", trained_run.name, "--checkpoint-dir", trained_run.parent, "--target", "P11111"]
     bad = tmp_path / "bad.txt"
     bad.write_text("PPLPACDKE\nAC*DE\nKRSWSKPLE\nACD\n")
-    proc = cli("score", "--run-name", trained_run.name, "--checkpoint-dir", trained_run.parent, "--target", "P11111",
-               "--input", bad)
+    proc = cli("score", *where, "--input", bad)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "line 2: '*' at position 3 is not a residue letter" in proc.stderr and "line 4: length 3" in proc.stderr
-    proc = cli("score", "--run-name", trained_run.name, "--checkpoint-dir", trained_run.parent, "--target", "P11111",
-               "--input", bad, "--skip-invalid")
+
+    lines = ["PPLPACDKE", "acdefghik", "AC*DE", "KRSWSKPLE", "ACD", "GGWWMNPQ"]
+    proc = cli("score", *where, "--skip-invalid", stdin="\n".join(lines) + "\n")       # standard input
+    assert proc.returncode == 0, proc.stderr
     rows = [ln.split("\t") for ln in proc.stdout.splitlines()]
-    assert proc.returncode == 0 and rows[0] == list(mc.SCORE_COLUMNS) + ["skipped"]
-    assert [r[0] for r in rows[1:]] == ["PPLPACDKE", "AC*DE", "KRSWSKPLE", "ACD"]
-    assert rows[2][1:5] == ["", "", "", ""] and rows[2][5].startswith("line 2: '*'") and rows[4][5].startswith("line 4")
-    assert float(rows[1][1]) == pytest.approx(float(lines[1][1]), abs=2e-3) and rows[1][5] == ""
-    assert "skipped 2 of 4" in proc.stderr
+    assert rows[0] == list(mc.SCORE_COLUMNS) + ["skipped"]
+    assert [r[0] for r in rows[1:]] == [p.upper() for p in lines]
+    assert rows[3][1:5] == ["", "", "", ""] and rows[3][5] == "line 3: '*' at position 3 is not a residue letter"
+    assert rows[5][1:5] == ["", "", "", ""] and rows[5][5] == "line 5: length 3 outside 4-20"
+    valid = [1, 2, 4, 6]
+    expected = mc.score(run, [lines[i - 1] for i in valid], "P11111")
+    assert [float(rows[i][1]) for i in valid] == pytest.approx([r["score"] for r in expected], abs=2e-3)
+    assert all(rows[i][4] == str(len(lines[i - 1])) and rows[i][5] == "" for i in valid)
+    assert "skipped 2 of 6" in proc.stderr
 
 
 def test_format_scores_ranks_best_first_and_keeps_skipped_rows_last():
