@@ -184,8 +184,8 @@ print(mc.sample_table(model, target=TARGET or model.vocab.targets[0], n=10, min_
 # paste them between the quotes, one per line, and set `SCORE_TARGET` (empty: the `TARGET` above). The
 # score is how many bits more the model believes a peptide for that target than as background: higher
 # means more like the target's peptides. Left empty, the cell scores 8 peptides sampled for the target
-# beside 8 background ones, which should mostly rank first. `mc.score(..., draws=4)` gives steadier
-# scores, four times slower.
+# and 8 sampled as background: a model that learned the target ranks most of its own first.
+# `mc.score(..., draws=4)` gives steadier scores, four times slower.
 
 # %%
 CANDIDATES = """
