@@ -506,7 +506,7 @@ def read_peptides(path=None) -> tuple[str, list]:
         try:
             with _open_text(Path(path)) as f:
                 text = f.read()
-        except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as e:
+        except (UnicodeDecodeError, OSError, EOFError) as e:        # OSError: a folder, a broken .gz, ...
             raise DataError(f"{path}: not a readable text file ({e})") from e
     lines = text.splitlines()
     first = next((ln.strip() for ln in lines if ln.strip()), "")
