@@ -2,7 +2,7 @@
 
 One module, read top to bottom in pipeline order:
   config -> data (load, validate, verify-data) -> model -> diffusion -> training -> sampling
-  -> evaluation -> plots -> command line (train, generate, evaluate, verify-data, presets)
+  -> evaluation -> plots -> command line (train, generate, score, evaluate, verify-data, presets)
 
 The tools around it are scripts of their own:
   scripts/train.py          the quick-start command, a shim over `mimir_core.py train`
@@ -658,6 +658,64 @@ def verify_data(path) -> tuple[bool, str]:
     return not problems and lengths_ok, describe_rows(rows) + "\n" + "\n".join(verdict)
 
 
+# --- a user's peptides (to score or vary): one per line, FASTA, or CSV with a sequence column ---
+
+
+def peptide_problem(seq: str, letters: str, wildcard: str = "") -> str | None:
+    """Why `seq` (uppercase) is not a peptide a model with these residue letters reads, or None.
+    `wildcard`: other characters allowed (a template's X)."""
+    if not seq:
+        return "no sequence"
+    bad = re.search(f"[^{letters}{wildcard}]", seq)
+    if bad:
+        c, where = bad.group(), f"at position {bad.start() + 1}"
+        if c in RESIDUES + RARE_RESIDUES:
+            return f"'{c}' {where} is not among this model's residue letters ({letters})"
+        return f"'{c}' {where} is not a residue letter" + (f" or {wildcard.lower()}" if wildcard else "")
+    if not MIN_LEN <= len(seq) <= MAX_LEN:
+        return f"length {len(seq)} outside {MIN_LEN}-{MAX_LEN}"
+    return None
+
+
+def read_peptides(path=None) -> tuple[str, list]:
+    """Peptides from a file (standard input when path is None or '-'): one per line, FASTA (a first line
+    that starts with '>'), or CSV with a `sequence` column (a .csv name, or a first line naming that
+    column). Returns (the input's name, [(line, peptide uppercase)] in input order); blank lines are not
+    peptides. Nothing is validated here but the layout: see peptide_problem."""
+    if path in (None, "-"):
+        name, text = "standard input", sys.stdin.read()
+    else:
+        name = str(path)
+        if not Path(path).exists():
+            raise DataError(f"{path}: file not found")
+        try:
+            with _open_text(Path(path)) as f:
+                text = f.read()
+        except (UnicodeDecodeError, OSError, EOFError) as e:        # OSError: a folder, a broken .gz, ...
+            raise DataError(f"{path}: not a readable text file ({e})") from e
+    lines = text.splitlines()
+    first = next((ln.strip() for ln in lines if ln.strip()), "")
+    entries = []
+    if first.startswith(">"):                                 # FASTA: a record may span several lines
+        for lineno, ln in enumerate(lines, start=1):
+            if ln.startswith(">"):
+                entries.append((lineno, ""))
+            elif ln.strip():
+                entries[-1] = (entries[-1][0], entries[-1][1] + ln.strip().upper())
+    elif name.lower().endswith((".csv", ".csv.gz")) or "sequence" in [h.strip().lower() for h in first.split(",")]:
+        reader = csv.reader(io.StringIO(text))
+        header = [h.strip().lower() for h in next(reader, [])]
+        if "sequence" not in header:
+            raise DataError(f"{name}, line 1: no 'sequence' column in the header {','.join(header) or '(empty)'}")
+        col = header.index("sequence")
+        for lineno, row in enumerate(reader, start=2):
+            if any(c.strip() for c in row):
+                entries.append((lineno, row[col].strip().upper() if col < len(row) else ""))
+    else:
+        entries = [(lineno, ln.strip().upper()) for lineno, ln in enumerate(lines, start=1) if ln.strip()]
+    return name, entries
+
+
 # =============================================================================================
 # Model: an x0-predicting bidirectional transformer conditioned on step, label and target
 # =============================================================================================
@@ -820,11 +878,11 @@ class D3PM:
         """q(x_t | x0) as probabilities (B, L, K) for residue indices x0r (B, L) and steps t (B,)."""
         return self.Qbar[t[:, None], x0r]
 
-    def q_sample(self, x0, t, generator=None):
+    def q_sample(self, x0, t, generator=None, uniforms=None):
         """x_t ~ q(x_t | x0) for tokens x0 (B, L): residues are noised, PAD stays PAD.
-        Returns (xt tokens, xt residue indices), both (B, L)."""
+        Returns (xt tokens, xt residue indices), both (B, L). See sample_categorical for `uniforms`."""
         x0r = (x0.long() - 1).clamp_min(0)                  # residue index; PAD positions hold 0, masked below
-        xtr = sample_categorical(self.q_probs(x0r, t), generator)
+        xtr = sample_categorical(self.q_probs(x0r, t), generator, uniforms)
         return torch.where(x0 != PAD, xtr + 1, PAD), xtr
 
     def posterior(self, xtr, t, x0_probs):
@@ -870,9 +928,11 @@ class D3PM:
         return ce, vb
 
 
-def sample_categorical(probs, generator=None):
-    """One draw per row of probs (..., K) by the Gumbel-max trick: no host sync, any batch shape."""
-    u = torch.rand(probs.shape, device=probs.device, generator=generator).clamp_(1e-20, 1.0)
+def sample_categorical(probs, generator=None, uniforms=None):
+    """One draw per row of probs (..., K) by the Gumbel-max trick: no host sync, any batch shape.
+    `uniforms` (probs' shape, in [0, 1)) replaces the fresh draws: noise fixed in advance."""
+    u = torch.rand(probs.shape, device=probs.device, generator=generator) if uniforms is None else uniforms
+    u = u.clamp(1e-20, 1.0)
     return (probs.clamp_min(1e-30).log() - (-u.log()).log()).argmax(-1)
 
 
@@ -1584,11 +1644,13 @@ def length_probs(run: Run, label: int, target: str | None, min_length: int, max_
 
 @torch.no_grad()
 def sample_tokens(run: Run, lengths, label: int, target_id: int, guidance: float = 0.0,
-                  standard_only: bool = True, generator=None):
+                  standard_only: bool = True, generator=None, x0=None, start_step: int | None = None, keep=None):
     """Reverse diffusion for peptides of the given lengths (n,). Starts from uniform noise on residue
     positions (q(x_T) is uniform) and draws x_{t-1} ~ p(x_{t-1} | x_t) down to x0. Guidance S mixes the
     conditional and unconditional x0 log-probs, (1 + S) * cond - S * uncond, both from one forward pass
-    over 2n rows. Columns past the longest peptide are never computed. Returns tokens (n, MAX_LEN)."""
+    over 2n rows. Columns past the longest peptide are never computed. Returns tokens (n, MAX_LEN).
+    Given tokens x0 (n, MAX_LEN) of those lengths, it starts instead from x0 noised to start_step (T by
+    default; 0 returns x0), and where keep (n, MAX_LEN) is True it holds x0's letters at every step."""
     dev, K, T = run.device, run.diffusion.K, run.diffusion.T
     lengths = np.asarray(lengths)
     n, width = len(lengths), int(lengths.max())
@@ -1601,8 +1663,16 @@ def sample_tokens(run: Run, lengths, label: int, target_id: int, guidance: float
     blocked = torch.zeros(K, dtype=torch.bool, device=dev)
     if standard_only:                                       # no X / B / Z / U in generated peptides
         blocked = torch.tensor([c not in RESIDUES for c in run.vocab.letters], device=dev)
-    xtr = torch.randint(0, K, (n, width), device=dev, generator=generator)
-    for t in range(T, 0, -1):
+    start_step = T if start_step is None else start_step
+    if x0 is None:
+        xtr = torch.randint(0, K, (n, width), device=dev, generator=generator)
+    else:
+        x0 = x0[:, :width].to(dev).long()
+        _, xtr = run.diffusion.q_sample(x0, torch.full((n,), start_step, device=dev), generator)
+    x0r = None if x0 is None else (x0 - 1).clamp_min(0)
+    clamp = lambda xtr: xtr if keep is None else torch.where(keep[:, :width].to(dev), x0r, xtr)
+    xtr = clamp(xtr)
+    for t in range(start_step, 0, -1):
         xt = torch.where(pad_mask, xtr + 1, PAD)
         xt = torch.cat([xt, xt]) if guidance else xt
         with autocast(dev):
@@ -1612,18 +1682,51 @@ def sample_tokens(run: Run, lengths, label: int, target_id: int, guidance: float
             cond, uncond = logp.chunk(2)
             logp = (1 + guidance) * cond - guidance * uncond
         p0 = logp.masked_fill(blocked, -float("inf")).softmax(-1)
-        xtr = sample_categorical(run.diffusion.posterior(xtr, torch.full((n,), t, device=dev), p0), generator)
+        xtr = clamp(sample_categorical(run.diffusion.posterior(xtr, torch.full((n,), t, device=dev), p0), generator))
     return F.pad(torch.where(pad_mask, xtr + 1, PAD), (0, MAX_LEN - width), value=PAD).cpu()
 
 
 DEFAULT_GUIDANCE = 2.0
+DEFAULT_STRENGTH = 0.5
+
+
+def strength_step(strength: float, n_steps: int) -> int:
+    """The diffusion step a variant starts from: the first t with t / T >= strength (0 -> 0, 1 -> T)."""
+    return math.ceil(round(strength * n_steps, 6))
+
+
+def identity(a: str, b: str) -> float:
+    """Fraction of positions where two peptides of one length hold the same letter."""
+    return sum(x == y for x, y in zip(a, b)) / max(len(a), 1)
+
+
+def check_seed_peptide(run: Run, seq: str, what: str, standard_only: bool, min_length: int, max_length: int,
+                       wildcard: str = "") -> str:
+    """A parent or template, uppercase, or a DataError naming what is wrong with it."""
+    given, seq = seq.strip(), seq.strip().upper()
+    problem = peptide_problem(seq, run.vocab.letters, wildcard)
+    rare = re.search(f"[^{RESIDUES}{wildcard}]", seq) if standard_only and not problem else None
+    if rare:
+        problem = (f"'{rare.group()}' at position {rare.start() + 1} is not one of the 20 standard residues, and "
+                   f"outputs hold only those unless rare letters are allowed (--allow-rare, standard_only=False)")
+    if problem:
+        raise DataError(f"{what} '{given}': {problem}")
+    if not min_length <= len(seq) <= max_length:
+        raise DataError(f"{what} '{given}' has length {len(seq)}, outside the requested length range "
+                        f"{min_length}-{max_length} (outputs keep its length)")
+    return seq
 
 
 def generate(run, n: int = 100, label: int = 1, target: str | None = None, min_length: int = MIN_LEN,
              max_length: int = MAX_LEN, seed: int = 0, guidance: float = DEFAULT_GUIDANCE,
              standard_only: bool = True, batch_size: int = 1024, checkpoint: str = "best",
-             device: str = "auto") -> list:
-    """n peptides for a condition. `run` is a Run or a run directory. A target implies label 1."""
+             device: str = "auto", parent: str | None = None, strength: float | None = None,
+             template: str | None = None) -> list:
+    """n peptides for a condition. `run` is a Run or a run directory. A target implies label 1.
+    parent: n variants of that peptide, of its length: it is noised to the step that matches `strength`
+    (0: the parent itself; 1: pure noise, as without a parent; default 0.5) and denoised under the
+    condition. template: the outputs' length in characters, residue letters kept at every reverse step
+    and x where the model writes (e.g. xxPPxYxx)."""
     if not isinstance(run, Run):
         run = load_run(run, checkpoint=checkpoint, device=device)
     if label not in (0, 1):
@@ -1632,14 +1735,34 @@ def generate(run, n: int = 100, label: int = 1, target: str | None = None, min_l
         raise DataError("a target goes with label 1 (background peptides have no target)")
     if not MIN_LEN <= min_length <= max_length <= MAX_LEN:
         raise DataError(f"length range {min_length}-{max_length} must lie within {MIN_LEN}-{MAX_LEN}")
+    if parent is not None and template is not None:
+        raise DataError("give a parent peptide to vary or a template to fill, not both")
+    if strength is not None and parent is None:
+        raise DataError("a strength goes with a parent peptide to vary")
+    strength = DEFAULT_STRENGTH if strength is None else strength
+    if not 0 <= strength <= 1:
+        raise DataError(f"strength must lie in [0, 1] (0: the parent unchanged, 1: from pure noise), not {strength}")
     target_id = run.vocab.target_id(target)
-    rng = np.random.default_rng(seed)
-    lengths = rng.choice(MAX_LEN + 1, size=n, p=length_probs(run, label, target, min_length, max_length))
+    x0 = start_step = keep = None
+    if parent is not None or template is not None:
+        what, given = ("template", template) if template is not None else ("parent", parent)
+        seq = check_seed_peptide(run, given, what, standard_only, min_length, max_length, "X" if template else "")
+        lengths = np.full(n, len(seq))
+        x0 = torch.from_numpy(run.vocab.encode([seq.replace("X", run.vocab.letters[0]) if template else seq]))
+        if template is not None:                        # X: write here; the letter under it is never seen
+            keep = torch.tensor([[c != "X" for c in seq] + [False] * (MAX_LEN - len(seq))])
+        else:
+            start_step = strength_step(strength, run.diffusion.T)
+    else:
+        rng = np.random.default_rng(seed)
+        lengths = rng.choice(MAX_LEN + 1, size=n, p=length_probs(run, label, target, min_length, max_length))
     g = torch.Generator(device=run.device).manual_seed(seed)
+    repeat = lambda v, m: None if v is None else v.expand(m, -1)       # the parent or template, m times
     out = []
     for start in range(0, n, batch_size):
-        tokens = sample_tokens(run, lengths[start:start + batch_size], label, target_id, guidance,
-                               standard_only, g)
+        part = lengths[start:start + batch_size]
+        tokens = sample_tokens(run, part, label, target_id, guidance, standard_only, g, repeat(x0, len(part)),
+                               start_step, repeat(keep, len(part)))
         out += run.vocab.decode(tokens)
     return out
 
@@ -1666,27 +1789,110 @@ def sample_table(run: Run, target: str | None = None, n: int = 10, min_length: i
 
 
 @torch.no_grad()
-def heldout_bound_nats(run: Run, x0, label, target_id, generator=None, batch_size: int = 512):
+def heldout_bound_nats(run: Run, x0, label, target_id, generator=None, batch_size: int = 512, draws: int = 1,
+                       seed: int | None = None):
     """The D3PM variational bound -log p(x0 | length) >= ... per sequence, in nats, (N,): the prior term
     KL(q(x_T | x0) || uniform), the KL terms of every step t = 2..T and the reconstruction term
-    -log p(x0 | x_1) (the t = 1 term of ce_and_vb), each with x_t ~ q(x_t | x0), as d3pm's calc_bpd_loop."""
+    -log p(x0 | x_1) (the t = 1 term of ce_and_vb), each with x_t ~ q(x_t | x0), as d3pm's calc_bpd_loop.
+    With draws > 1 the step terms are averaged over that many draws of the x_t. With a seed the x_t come
+    from peptide_noise instead of `generator`: a sequence's bound then depends on nothing but the seed
+    and the sequence (not on the other rows or their order), and two calls under other labels or
+    targets see the same x_t, so the noise common to both cancels in their difference."""
     d, dev = run.diffusion, run.device
     out = []
     for start in range(0, x0.shape[0], batch_size):
         xb = x0[start:start + batch_size].to(dev).long()
+        if seed is not None:        # peptide_noise does not depend on the width: skip the all-PAD columns
+            xb = xb[:, :max(1, int((xb != PAD).sum(1).max()))]
         lb, tb = label[start:start + batch_size].to(dev), target_id[start:start + batch_size].to(dev)
         pad_mask, x0r, B = xb != PAD, (xb - 1).clamp_min(0), xb.shape[0]
         q_T = d.q_probs(x0r, torch.full((B,), d.T, device=dev))
-        total = (torch.special.xlogy(q_T, q_T * d.K).sum(-1) * pad_mask).sum(-1)        # prior term
-        for t in range(1, d.T + 1):
-            t_b = torch.full((B,), t, device=dev)
-            xt, xtr = d.q_sample(xb, t_b, generator)
-            with autocast(dev):
-                logits = run.model(xt, t_b, lb, tb)
-            _, vb = d.ce_and_vb(logits.float(), x0r, xtr, t_b)
-            total += (vb * pad_mask).sum(-1)
-        out.append(total.cpu())
+        prior = (torch.special.xlogy(q_T, q_T * d.K).sum(-1) * pad_mask).sum(-1)
+        steps = torch.zeros(B, device=dev)
+        for draw in range(draws):
+            noise = peptide_noise(xb, seed, draw, d.T, d.K).to(dev) if seed is not None else None
+            for t in range(1, d.T + 1):
+                t_b = torch.full((B,), t, device=dev)
+                xt, xtr = d.q_sample(xb, t_b, generator, None if noise is None else noise[:, t - 1])
+                with autocast(dev):
+                    logits = run.model(xt, t_b, lb, tb)
+                _, vb = d.ce_and_vb(logits.float(), x0r, xtr, t_b)
+                steps += (vb * pad_mask).sum(-1)
+        out.append((prior + steps / draws).cpu())
     return torch.cat(out)
+
+
+def peptide_noise(x0, seed: int, draw: int, n_steps: int, num_letters: int):
+    """Uniforms (B, n_steps, L, K) for drawing x_1..x_T of each row of x0 (B, L), from a generator seeded
+    by (seed, draw, the row's residues): a peptide gets the same noise in any batch, at any row, any width."""
+    salt, g = zlib.crc32(f"{seed}/{draw}".encode()), torch.Generator()
+    keys = [zlib.crc32(r[r != PAD].tobytes(), salt) for r in x0.to("cpu", torch.uint8).numpy()]
+    noise = [torch.rand((n_steps, MAX_LEN, num_letters), generator=g.manual_seed(k)) for k in keys]
+    return torch.stack(noise)[:, :, :x0.shape[1]]
+
+
+DEFAULT_SCORE_DRAWS = 1     # 10,000 peptides (small preset) within a minute on a 2-core CPU; --draws N averages N
+
+
+def condition_bits(run: Run, peptides: list, label: int, target_id: int, draws: int, seed: int,
+                   batch_size: int = 512) -> np.ndarray:
+    """heldout_bound_nats of each peptide under one condition, in bits (N,), with per-peptide noise.
+    Batches hold peptides of similar lengths (fewer PAD columns); the results come back in input order."""
+    by_length = np.argsort([len(p) for p in peptides], kind="stable")
+    x0 = torch.from_numpy(run.vocab.encode([peptides[i] for i in by_length]))
+    n = len(peptides)
+    nats = heldout_bound_nats(run, x0, torch.full((n,), label), torch.full((n,), target_id),
+                              batch_size=batch_size, draws=draws, seed=seed)
+    bits = np.empty(n)
+    bits[by_length] = nats.double().numpy() / math.log(2)
+    return bits
+
+
+def score(run, peptides, target: str | None = None, label: int = 1, draws: int = DEFAULT_SCORE_DRAWS,
+          seed: int = 0, batch_size: int = 512, checkpoint: str = "best", device: str = "auto") -> list:
+    """How much more the model believes each peptide under the condition (label 1 and `target`; no
+    target: any target) than under background (label 0), in bits: the variational bound under
+    background minus under the condition, from the same draws of the noise (`draws` of them). Higher
+    means more like the target's peptides. A peptide's score depends only on it, the run and the seed.
+    `run` is a Run or a run directory. Returns one dict per peptide, in order: peptide, score,
+    condition_bits, background_bits, length."""
+    if not isinstance(run, Run):
+        run = load_run(run, checkpoint=checkpoint, device=device)
+    if label != 1:
+        raise DataError(f"the score compares a condition with background (label 0), so its label is 1, not {label}")
+    if draws < 1:
+        raise DataError(f"draws must be 1 or more, not {draws}")
+    target_id = run.vocab.target_id(target)
+    peptides = [p.strip().upper() for p in peptides]
+    problems = [(i + 1, p, why) for i, p in enumerate(peptides) if (why := peptide_problem(p, run.vocab.letters))]
+    if problems:
+        raise DataError(f"{len(problems)} of {len(peptides)} peptides cannot be scored:\n"
+                        + "\n".join(f"  peptide {i} '{p}': {why}" for i, p, why in problems[:20])
+                        + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""))
+    if not peptides:
+        return []
+    cond = condition_bits(run, peptides, 1, target_id, draws, seed, batch_size)
+    background = condition_bits(run, peptides, 0, UNKNOWN_TARGET, draws, seed, batch_size)
+    return [{"peptide": p, "score": b - c, "condition_bits": c, "background_bits": b, "length": len(p)}
+            for p, c, b in zip(peptides, cond.tolist(), background.tolist())]
+
+
+SCORE_COLUMNS = ("peptide", "score", "condition_bits", "background_bits", "length")
+
+
+def format_scores(results: list, ranked: bool = False) -> str:
+    """score()'s results as a tab-separated table with a header, in input order or best first. A row
+    with a `skipped` reason (a bad input line) has empty figures and the reason in a last column."""
+    notes = any("skipped" in r for r in results)
+    rows = sorted(results, key=lambda r: r.get("score", -math.inf), reverse=True) if ranked else results
+    out = ["\t".join(SCORE_COLUMNS + (("skipped",) if notes else ()))]
+    for r in rows:
+        if "skipped" in r:
+            out.append("\t".join([r["peptide"]] + [""] * (len(SCORE_COLUMNS) - 1) + [r["skipped"]]))
+        else:
+            out.append(f"{r['peptide']}\t{r['score']:.3f}\t{r['condition_bits']:.3f}\t{r['background_bits']:.3f}\t"
+                       f"{r['length']}" + ("\t" if notes else ""))
+    return "\n".join(out)
 
 
 def composition(sequences, letters: str = RESIDUES) -> np.ndarray:
@@ -1855,6 +2061,111 @@ def sampling_report(run: Run, val: Rows, train_rows: Rows | None, n_samples: int
     return report
 
 
+def auroc_wins(pos, neg) -> np.ndarray:
+    """(n_pos, n_neg): 1 where a positive scores above a negative, 0.5 on a tie, 0 below."""
+    diff = np.asarray(pos, dtype=float)[:, None] - np.asarray(neg, dtype=float)[None, :]
+    return (diff > 0) + 0.5 * (diff == 0)
+
+
+def paired_auroc(scores: dict, n_pos: int, n_boot: int = 1000, seed: int = 0) -> dict:
+    """AUROC of several scorers on the same rows: scores maps a scorer's name to its scores of the n_pos
+    positives followed by the negatives. Each AUROC comes with a 95% bootstrap interval, and so does
+    each scorer's difference from the first one; positives and negatives are resampled apart, with the
+    same resamples for every scorer, so the differences (first minus the others) are paired."""
+    rng = np.random.default_rng(seed)
+    wins = {k: auroc_wins(v[:n_pos], v[n_pos:]) for k, v in scores.items()}
+    n_neg = next(iter(wins.values())).shape[1]
+    w_pos = rng.multinomial(n_pos, np.full(n_pos, 1 / n_pos), size=n_boot)
+    w_neg = rng.multinomial(n_neg, np.full(n_neg, 1 / n_neg), size=n_boot)
+    boot = {k: ((w_pos @ m) * w_neg).sum(1) / (n_pos * n_neg) for k, m in wins.items()}     # (n_boot,) AUROCs
+    interval = lambda x: [float(v) for v in np.percentile(x, [2.5, 97.5])]
+    first = next(iter(scores))
+    out = {"positives": n_pos, "negatives": n_neg, "difference": {}}
+    for k, m in wins.items():
+        out[k] = {"auroc": float(m.mean()), "interval": interval(boot[k])}
+        if k != first:
+            out["difference"][k] = {"value": float(wins[first].mean() - m.mean()),
+                                    "interval": interval(boot[first] - boot[k])}
+    return out
+
+
+def composition_log_odds(target_seqs: list, background_seqs: list, letters: str) -> dict:
+    """letter -> log2 of its frequency in target_seqs over background_seqs (add-one smoothed counts)."""
+    def freqs(seqs):
+        counts = composition(seqs, letters) * sum(map(len, seqs)) + 1
+        return counts / counts.sum()
+    return dict(zip(letters, np.log2(freqs(target_seqs) / freqs(background_seqs)).tolist()))
+
+
+def score_auroc_report(run: Run, val: Rows, train_rows: Rows | None, seed: int = 0, max_rows: int = 200,
+                       draws: int = DEFAULT_SCORE_DRAWS, min_positives: int = 3, max_targets: int = 20) -> dict:
+    """Is score() worth anything? Per target with at least min_positives held-out label-1 rows (the
+    max_targets with most): the AUROC of score(target) for its held-out peptides against held-out
+    background peptides, and against other targets' held-out peptides, beside a composition-only scorer
+    (log-odds of the target's training composition vs background's) on the same rows. At most max_rows
+    rows per set, drawn with the seed."""
+    if train_rows is None:
+        return {"note": "no training rows to build the composition scorer from"}
+    rng = np.random.default_rng(seed)
+    pick = lambda seqs: [seqs[i] for i in sorted(rng.permutation(len(seqs))[:max_rows])]
+    held_out = {}
+    for label, target, seq in zip(val.labels.tolist(), val.targets, val.sequences):
+        held_out.setdefault(target if label == 1 else None, []).append(seq)
+    background = pick(held_out.pop(None, []))
+    train_by_target = {}
+    for target, seq in zip(train_rows.targets, train_rows.sequences):
+        train_by_target.setdefault(target, []).append(seq)
+    eligible = sorted((t for t, seqs in held_out.items() if len(seqs) >= min_positives and t in train_by_target
+                       and t in run.vocab.targets), key=lambda t: (-len(held_out[t]), t))
+    report = {"targets": {}, "skipped_targets": len(held_out) - min(len(eligible), max_targets),
+              "min_positives": min_positives, "max_targets": max_targets, "max_rows": max_rows, "draws": draws}
+    if not background or not eligible:
+        return report
+    background_bits = {}
+    for target in eligible[:max_targets]:
+        positives = pick(held_out[target])
+        known = set(held_out[target]) | set(train_by_target[target])      # a peptide may bind several targets
+        others = pick([s for t, seqs in held_out.items() if t != target for s in seqs if s not in known])
+        log_odds = composition_log_odds(train_by_target[target], train_by_target.get("", []), run.vocab.letters)
+        report["targets"][target] = {}
+        for name, negatives in (("background", background), ("other_targets", others)):
+            if not negatives:
+                continue
+            rows = positives + negatives
+            fresh = sorted(set(rows) - set(background_bits))
+            if fresh:
+                background_bits.update(zip(fresh, condition_bits(run, fresh, 0, UNKNOWN_TARGET, draws, seed)))
+            cond = condition_bits(run, rows, 1, run.vocab.target_id(target), draws, seed)
+            scores = {"model": np.array([background_bits[s] for s in rows]) - cond,
+                      "composition": np.array([sum(log_odds[c] for c in s) for s in rows])}
+            report["targets"][target][name] = paired_auroc(scores, len(positives), seed=seed)
+    return report
+
+
+def format_score_auroc(report: dict) -> str:
+    """score_auroc_report as readable text: one row per target and set of negatives."""
+    out = ["Score ranking: AUROC of a target's score, its held-out peptides against others (0.5: chance; [95% "
+           "bootstrap interval]),", "beside a composition-only scorer (log-odds of the target's training composition "
+           "vs background's) on the same rows:"]
+    if not report.get("targets"):
+        return "\n".join(out + [f"  nothing to score: {report.get('note', 'no target with enough held-out rows')}"])
+    out.append(f"  {'target':16}{'against':15}{'pos':>5}{'neg':>5}  {'model':21}{'composition':21}model - composition")
+    ci = lambda x: f"[{x[0]:.2f}, {x[1]:.2f}]"
+    for target, sets in report["targets"].items():
+        for name, r in sets.items():
+            m, c, d = r["model"], r["composition"], r["difference"]["composition"]
+            verdict = ("model better" if d["interval"][0] > 0 else
+                       "model worse" if d["interval"][1] < 0 else "no difference shown")
+            out.append(f"  {target:16}{name.replace('_', ' '):15}{r['positives']:5}{r['negatives']:5}  "
+                       f"{m['auroc']:.3f} {ci(m['interval']):15}{c['auroc']:.3f} {ci(c['interval']):15}"
+                       f"{d['value']:+.3f} [{d['interval'][0]:+.2f}, {d['interval'][1]:+.2f}] {verdict}")
+    if report["skipped_targets"]:
+        out.append(f"  ({report['skipped_targets']} more target(s) with held-out rows not shown: fewer than "
+                   f"{report['min_positives']} held-out peptides, no training rows, or past the first "
+                   f"{report['max_targets']})")
+    return "\n".join(out)
+
+
 def evaluate(run_dir, data=None, n_samples: int = 1000, n_per_target: int = 200, seed: int = 0,
              guidance: float = DEFAULT_GUIDANCE, motifs=None, max_rows: int = 5000, checkpoint: str = "best",
              device: str = "auto") -> dict:
@@ -1865,6 +2176,7 @@ def evaluate(run_dir, data=None, n_samples: int = 1000, n_per_target: int = 200,
     report = {"run_dir": str(run_dir), "checkpoint": checkpoint, "guidance": guidance, "seed": seed,
               "heldout_rows": len(val.sequences), "likelihood": likelihood_report(run, val, train_rows, seed, max_rows),
               **sampling_report(run, val, train_rows, n_samples, n_per_target, seed, guidance, motifs)}
+    report["score_auroc"] = score_auroc_report(run, val, train_rows, seed)
     write_json(Path(run_dir) / "evaluation.json", report)
     return report
 
@@ -1925,6 +2237,8 @@ def format_report(report: dict) -> str:
             data_rate = f"{m['training_rate']:9.2f}" if m["training_rate"] is not None else f"{'-':>9}"
             out.append(f"  {target:16}{m['target_rate']:10.3f}{m['background_rate']:11.3f}"
                        f"{m['enrichment']:11.1f}{m['uniqueness']:8.3f}{m['novelty']:8.3f}{data_rate}")
+    if "score_auroc" in report:
+        out += ["", format_score_auroc(report["score_auroc"])]
     return "\n".join(out)
 
 
@@ -2071,10 +2385,39 @@ def cmd_train(args):
 
 def cmd_generate(args):
     run_dir = run_dir_for(args.run_name, args.checkpoint_dir)
+    if args.verbose and args.parent is None:
+        raise DataError("--verbose adds each variant's identity to its parent: it goes with --from")
     peptides = generate(run_dir, n=args.n, label=args.label, target=args.target, min_length=args.min_length,
                         max_length=args.max_length, seed=args.seed, guidance=args.guidance,
-                        standard_only=not args.allow_rare, checkpoint=args.checkpoint, device=args.device)
-    sys.stdout.write("".join(p + "\n" for p in peptides))
+                        standard_only=not args.allow_rare, checkpoint=args.checkpoint, device=args.device,
+                        parent=args.parent, strength=args.strength, template=args.template)
+    if args.verbose:
+        parent = args.parent.strip().upper()
+        sys.stdout.write("peptide\tidentity_to_parent\n"
+                         + "".join(f"{p}\t{identity(p, parent):.3f}\n" for p in peptides))
+        log(f"mean identity to {parent}: {np.mean([identity(p, parent) for p in peptides]):.3f}")
+    else:
+        sys.stdout.write("".join(p + "\n" for p in peptides))
+
+
+def cmd_score(args):
+    run = load_run(run_dir_for(args.run_name, args.checkpoint_dir), checkpoint=args.checkpoint, device=args.device)
+    run.vocab.target_id(args.target)                    # an unknown target fails before the input is read
+    name, entries = read_peptides(args.input)
+    if not entries:
+        raise DataError(f"{name}: no peptides")
+    problems = [(line, why) for line, seq in entries if (why := peptide_problem(seq, run.vocab.letters))]
+    if problems and not args.skip_invalid:
+        raise DataError(summarize_problems(name, problems)
+                        + "\nFix the input, or pass --skip-invalid to score the others (bad lines get a row saying why).")
+    bad = dict(problems)
+    results = iter(score(run, [seq for line, seq in entries if line not in bad], args.target, args.label,
+                         args.draws, args.seed))
+    rows = [{"peptide": seq, "skipped": f"line {line}: {bad[line]}"} if line in bad else next(results)
+            for line, seq in entries]
+    print(format_scores(rows))
+    if problems:
+        log(f"skipped {len(problems)} of {len(entries)} peptides (--skip-invalid); their rows say why")
 
 
 def cmd_evaluate(args):
@@ -2149,7 +2492,32 @@ def build_parser():
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--allow-rare", action="store_true", help="allow X/B/Z/U... in outputs")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    seed_peptide = p.add_mutually_exclusive_group()
+    seed_peptide.add_argument("--from", dest="parent", default=None, metavar="PEPTIDE",
+                              help="write variants of this peptide (of its length)")
+    seed_peptide.add_argument("--template", default=None,
+                              help="keep its residue letters, write the positions marked x (e.g. xxPPxYxx)")
+    p.add_argument("--strength", type=float, default=None,
+                   help=f"with --from: how far variants may move, 0 (the parent) to 1 (from pure noise); "
+                        f"default {DEFAULT_STRENGTH}")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="with --from: a second column with each variant's identity to the parent")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("score", help="score peptides for a target: bits the condition adds over background")
+    add_run_args(p)
+    p.add_argument("--target", default=None, help="target accession (default: any target)")
+    p.add_argument("--label", type=int, default=1, help="the condition's label (1; background is the reference)")
+    p.add_argument("--input", default=None, help="one peptide per line, FASTA or CSV with a sequence column "
+                                                 "(default: standard input)")
+    p.add_argument("--skip-invalid", action="store_true", help="score the valid peptides; bad lines get a row "
+                                                                "saying why")
+    p.add_argument("--draws", type=int, default=DEFAULT_SCORE_DRAWS,
+                   help=f"noise draws per peptide (default {DEFAULT_SCORE_DRAWS}; more: steadier, slower)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("evaluate", help="held-out likelihood, sample quality and conditioning vs baselines")
     add_run_args(p)

@@ -3,7 +3,7 @@
     python scripts/benchmark.py [--device auto|cpu|cuda] [--presets small,medium,large] [--rows N] [--full] [--out MD]
 
 Everything is timed through the functions training uses (load_rows, Vocab, DeviceData,
-epoch_permutation, Trainer.train_step, sample_tokens), on a synthetic CSV of N unique rows: random
+epoch_permutation, Trainer.train_step, sample_tokens, score), on a synthetic CSV of N unique rows: random
 peptides with lengths uniform over 4-20, 4,000 of them label 1 over 800 targets. Prints a Markdown
 table (BENCHMARKS.md explains it) and writes it to --out.
 """
@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mimir_core import (DEFAULT_GUIDANCE, MAX_LEN, MIN_LEN, PRESETS, RESIDUES, D3PM,  # noqa: E402
+from mimir_core import (DEFAULT_GUIDANCE, DEFAULT_SCORE_DRAWS, MAX_LEN, MIN_LEN, PRESETS, RESIDUES, D3PM,  # noqa: E402
                         DeviceData, Rows, Run, Trainer, Vocab, amp_dtype, build_model, count_params,
-                        epoch_permutation, load_rows, log, make_config, pick_device, sample_tokens)
+                        epoch_permutation, load_rows, log, make_config, pick_device, sample_tokens, score)
 
 BENCH_BATCH = 256
 # A straightforward implementation (per-sample Dataset + DataLoader, nn.MultiheadAttention, a padded
@@ -34,6 +34,7 @@ BENCH_BATCH = 256
 REFERENCE = {"data_path": 46_000, "step_small": 0.176, "step_medium": 0.700, "step_large": 3.7,
              "sample_small": 0.57}
 BENCH_STEPS = {"tiny": (3, 20), "small": (3, 10), "medium": (2, 5), "large": (1, 3)}  # (warm-up, timed)
+SCORE_PEPTIDES = 512                        # scored per timing; the table also gives the time for 10,000
 GPU_PEAKS = {"T4 (65 TFLOP/s fp16)": 65e12, "A100 (312 TFLOP/s bf16)": 312e12}
 
 
@@ -149,18 +150,33 @@ def bench_preset(name: str, rows: Rows, device, steps: int, warmup: int) -> dict
     return out
 
 
+def fresh_run(preset: str, vocab: Vocab, device) -> Run:
+    """A freshly initialised model as a Run: speed does not depend on the weights."""
+    cfg = make_config(preset, device=str(device))
+    return Run(cfg, vocab, build_model(cfg, vocab, device).eval(), D3PM(len(vocab.letters), cfg.n_steps, device),
+               {}, device, Path("."))
+
+
 def bench_sampling(vocab: Vocab, device, repeats: int, guidance: float, n: int = 256) -> tuple:
     """(seconds, FLOPs) for sample_tokens to write n label-1 peptides of lengths 4-20 with a freshly
-    initialised small model (speed does not depend on the weights); median of `repeats`."""
-    cfg = make_config("small", device=str(device))
-    run = Run(cfg, vocab, build_model(cfg, vocab, device).eval(), D3PM(len(vocab.letters), cfg.n_steps, device),
-              {}, device, Path("."))
+    initialised small model; median of `repeats`."""
+    run = fresh_run("small", vocab, device)
     lengths = np.random.default_rng(0).integers(MIN_LEN, MAX_LEN + 1, n)
     g = torch.Generator(device=device).manual_seed(0)
     sample = lambda: sample_tokens(run, lengths, 1, 1, guidance, generator=g)
     with _flop_counter() as counter:
         sample()
     return float(np.median([_timed(sample, device) for _ in range(repeats)])), counter.get_total_flops()
+
+
+def bench_scoring(vocab: Vocab, device, repeats: int, n: int = SCORE_PEPTIDES) -> float:
+    """Seconds for score() of n peptides of lengths 4-20 for a target (default draws) with a freshly
+    initialised small model; median of `repeats`."""
+    run = fresh_run("small", vocab, device)
+    rng = np.random.default_rng(0)
+    letters = np.array(list(RESIDUES))
+    peptides = ["".join(rng.choice(letters, size=k)) for k in rng.integers(MIN_LEN, MAX_LEN + 1, n)]
+    return float(np.median([_timed(lambda: score(run, peptides, vocab.targets[0]), device) for _ in range(repeats)]))
 
 
 def bench_matmul(device, repeats: int) -> tuple:
@@ -242,6 +258,10 @@ def format_benchmark(r: dict) -> str:
         ref = REFERENCE["sample_small"] if guidance == 0 else None
         rows.append((f"sampling 256 peptides (small, guidance {guidance:g})", f"{_secs(s)} ({_si(256 / s)} "
                      f"peptides/s, {_si(flops, 'FLOP')})", _secs(ref) if ref else "", speedup(s, ref) if ref else ""))
+    s = r["scoring"]
+    rows.append((f"score {SCORE_PEPTIDES:,} peptides for a target (small, --draws {DEFAULT_SCORE_DRAWS})",
+                 f"{_secs(s)} ({_si(SCORE_PEPTIDES / s)} peptides/s; 10,000 in {_secs(1e4 * s / SCORE_PEPTIDES)})",
+                 "", ""))
     table = ["| measure | this machine | reference | speed-up |", "|---|---|---|---|"]
     table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     table += ["", "FLOP-based lower bound of an epoch of 1,000,000 rows at batch 256 on a GPU (padded FLOPs "
@@ -306,6 +326,8 @@ def benchmark(device: str = "auto", presets=("small", "medium", "large"), n_rows
         r["presets"][name] = bench_preset(name, rows, dev, steps * repeats, warmup)
     log("benchmark: sampling")
     r["sampling"] = {g: bench_sampling(vocab, dev, 3 * repeats, g) for g in (0.0, DEFAULT_GUIDANCE)}
+    log("benchmark: scoring")
+    r["scoring"] = bench_scoring(vocab, dev, repeats)
     table = format_benchmark(r)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,8 @@ def test_prints_and_writes_the_same_table_with_every_row(result):
     small_step = next(k for k in rows if k.startswith("small (") and k.endswith("training step"))
     assert rows[small_step][1] == "176.0 ms" and re.fullmatch(r"\d+\.\d\dx", rows[small_step][2])
     assert rows["sampling 256 peptides (small, guidance 0)"][1] == "570.0 ms"
+    scoring = rows[f"score 512 peptides for a target (small, --draws {mc.DEFAULT_SCORE_DRAWS})"][0]
+    assert re.fullmatch(r"\S+ m?s \(\S+ (k )?peptides/s; 10,000 in \S+ (ms|s|min)\)", scoring), scoring
     assert "T4 (65 TFLOP/s fp16)" in written and "arithmetic, not measurement" in written
 
 

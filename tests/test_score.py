@@ -1,0 +1,257 @@
+"""Scoring a user's peptides, variants of a known peptide, templates: the functions, the report, the CLI."""
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mimir_core as mc
+from conftest import FIXTURE_MOTIFS, write_fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run(trained_run):
+    return mc.load_run(trained_run)
+
+
+@pytest.fixture(scope="module")
+def fixture_peptides(trained_run):
+    rows = mc.load_rows(mc.load_run(trained_run).cfg.data)
+    return rows.sequences[:40] + rows.sequences[-40:]         # label-1 rows of the first target, then background
+
+
+@pytest.fixture(scope="module")
+def motif_run(tmp_path_factory):
+    """A model that has learned where a motif sits, not only which letters it has: one target whose 500
+    peptides carry RSWSKP, 1,000 background peptides, a wider tiny model and batch 32 (about 280 steps).
+    The shared tiny run learns the composition of the fixture targets, not yet their order."""
+    tmp = tmp_path_factory.mktemp("motif")
+    path = write_fixture(tmp / "data.csv", n_background=1000, n_per_target=500)
+    path.write_text("".join(ln for ln in path.read_text().splitlines(keepends=True)
+                            if not ln.startswith(("1,P11111", "1,O33333"))))
+    cfg = mc.make_config("tiny", data=str(path), epochs=8, dim=64, n_heads=4, batch_size=32)
+    mc.train(cfg, tmp / "run", progress=False)
+    return mc.load_run(tmp / "run")
+
+
+def cli(*args, stdin=None):
+    return subprocess.run([sys.executable, str(ROOT / "mimir_core.py"), *map(str, args)], input=stdin,
+                          capture_output=True, text=True, timeout=600)
+
+
+# --- score -----------------------------------------------------------------------------------
+
+
+def test_scores_are_deterministic_per_seed_and_do_not_depend_on_order_or_batch(run, fixture_peptides):
+    peptides = fixture_peptides
+    first = mc.score(run, peptides, "P11111", seed=0)
+    assert [r["peptide"] for r in first] == peptides
+    assert mc.score(run, peptides, "P11111", seed=0) == first
+    scores = np.array([r["score"] for r in first])
+    for r in first:
+        assert r["score"] == pytest.approx(r["background_bits"] - r["condition_bits"])
+        assert r["condition_bits"] > 0 and r["background_bits"] > 0 and r["length"] == len(r["peptide"])
+    reversed_scores = [r["score"] for r in mc.score(run, peptides[::-1], "P11111", seed=0, batch_size=7)][::-1]
+    assert np.allclose(reversed_scores, scores, atol=1e-3)
+    alone = mc.score(run, peptides[50:53] + [peptides[3].lower()], "P11111", seed=0)     # other batch-mates
+    assert np.allclose([r["score"] for r in alone], scores[[50, 51, 52, 3]], atol=1e-3)
+    other_seed = np.array([r["score"] for r in mc.score(run, peptides, "P11111", seed=1)])
+    assert not np.allclose(other_seed, scores, atol=1e-3)
+    assert np.corrcoef(other_seed, scores)[0, 1] > 0.5          # another draw of the noise, the same signal
+
+
+def test_a_peptides_noise_depends_on_the_seed_the_draw_and_the_peptide_only(run, fixture_peptides):
+    peptides = fixture_peptides[:10]
+    x0 = torch.from_numpy(run.vocab.encode(peptides))
+    noise = mc.peptide_noise(x0, 0, 0, 10, 20)
+    assert noise.shape == (10, 10, mc.MAX_LEN, 20) and 0 <= noise.min() and noise.max() < 1
+    assert torch.equal(mc.peptide_noise(x0[[3, 0]], 0, 0, 10, 20), noise[[3, 0]])             # any row
+    width = max(map(len, peptides))
+    assert torch.equal(mc.peptide_noise(x0[:, :width], 0, 0, 10, 20), noise[:, :, :width])   # any width
+    assert not torch.equal(mc.peptide_noise(x0, 0, 1, 10, 20), noise)                         # another draw
+    assert not torch.equal(mc.peptide_noise(x0, 1, 0, 10, 20), noise)                         # another seed
+
+
+def test_both_conditions_see_the_same_noise_so_the_score_is_steadier_than_either_bound(run, fixture_peptides):
+    """Across seeds, a peptide's score moves far less than its bound under the condition (the noise is
+    common to both terms and cancels), and more draws move it less."""
+    peptides = fixture_peptides[::4]
+    spread = {}
+    for draws in (1, 4):
+        results = [mc.score(run, peptides, "P11111", seed=seed, draws=draws) for seed in range(4)]
+        for key in ("score", "condition_bits"):
+            spread[key, draws] = np.array([[r[key] for r in rs] for rs in results]).std(0).mean()
+    assert spread["score", 1] < 0.5 * spread["condition_bits", 1], spread
+    assert spread["score", 4] < 0.75 * spread["score", 1], spread
+
+
+def test_score_ranks_motif_bearing_peptides_above_shuffled_ones(motif_run):
+    """The same letters, in motif order or shuffled: composition cannot tell them apart (AUROC 0.5 by
+    construction), the score must."""
+    rng = random.Random(0)
+    rows = mc.load_rows(motif_run.cfg.data)
+    with_motif, shuffled = [], []
+    for seq in [s for s, t in zip(rows.sequences, rows.targets) if t == "Q22222"][:100]:
+        rest = list(seq.replace("RSWSKP", "", 1))
+        rng.shuffle(rest)
+        cut = rng.randint(0, len(rest))
+        with_motif.append("".join(rest[:cut]) + "RSWSKP" + "".join(rest[cut:]))   # a new peptide with the motif
+        shuffled.append("".join(rng.sample(seq, len(seq))))
+    scores = [r["score"] for r in mc.score(motif_run, with_motif + shuffled, "Q22222")]
+    model = mc.auroc_wins(scores[:100], scores[100:]).mean()
+    log_odds = mc.composition_log_odds(["RSWSKP"], ["ACDEFGHIKLMNPQRSTVWY"], motif_run.vocab.letters)
+    comp = [round(sum(log_odds[c] for c in p), 9) for p in with_motif + shuffled]     # float sums in any order
+    assert mc.auroc_wins(comp[:100], comp[100:]).mean() == 0.5
+    assert model > 0.75, model
+
+
+def test_score_rejects_bad_peptides_and_conditions_by_name(run):
+    with pytest.raises(mc.DataError, match=r"peptide 2 'AC1DE': '1' at position 3 is not a residue letter"):
+        mc.score(run, ["ACDEFG", "AC1DE", "ACDEFGHIK"], "P11111")
+    with pytest.raises(mc.DataError, match=r"peptide 1 'ACD': length 3 outside 4-20"):
+        mc.score(run, ["ACD"], "P11111")
+    with pytest.raises(mc.DataError, match=r"'X' at position 2 is not among this model's residue letters"):
+        mc.score(run, ["AXDEF"], "P11111")
+    with pytest.raises(mc.DataError, match="close matches: P11111"):
+        mc.score(run, ["ACDEF"], "P1111")
+    with pytest.raises(mc.DataError, match="label is 1"):
+        mc.score(run, ["ACDEF"], None, label=0)
+
+
+def test_read_peptides_takes_lines_fasta_and_csv_with_their_line_numbers(tmp_path):
+    plain = tmp_path / "a.txt"
+    plain.write_text("acdef\n\n  KLMNP \nAC1\n")
+    assert mc.read_peptides(plain) == (str(plain), [(1, "ACDEF"), (3, "KLMNP"), (4, "AC1")])
+    fasta = tmp_path / "a.fa"
+    fasta.write_text(">one\nACDE\nFGH\n\n>two\n>three\nKLMN\n")
+    assert mc.read_peptides(fasta)[1] == [(1, "ACDEFGH"), (5, ""), (6, "KLMN")]
+    table = tmp_path / "a.csv"
+    table.write_text("name,Sequence\nx,ACDEF\n\ny,KLMNP\n")
+    assert mc.read_peptides(table)[1] == [(2, "ACDEF"), (4, "KLMNP")]
+    table.write_text("name,seq\nx,ACDEF\n")
+    with pytest.raises(mc.DataError, match="line 1: no 'sequence' column"):
+        mc.read_peptides(table)
+    assert mc.peptide_problem("", "ACD") == "no sequence"
+
+
+def test_cli_prints_the_table_in_input_order_and_names_bad_lines(run, trained_run, tmp_path):
+    where = ["--run-name", trained_run.name, "--checkpoint-dir", trained_run.parent, "--target", "P11111"]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("PPLPACDKE\nAC*DE\nKRSWSKPLE\nACD\n")
+    proc = cli("score", *where, "--input", bad)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "line 2: '*' at position 3 is not a residue letter" in proc.stderr and "line 4: length 3" in proc.stderr
+
+    lines = ["PPLPACDKE", "acdefghik", "AC*DE", "KRSWSKPLE", "ACD", "GGWWMNPQ"]
+    proc = cli("score", *where, "--skip-invalid", stdin="\n".join(lines) + "\n")       # standard input
+    assert proc.returncode == 0, proc.stderr
+    rows = [ln.split("\t") for ln in proc.stdout.splitlines()]
+    assert rows[0] == list(mc.SCORE_COLUMNS) + ["skipped"]
+    assert [r[0] for r in rows[1:]] == [p.upper() for p in lines]
+    assert rows[3][1:5] == ["", "", "", ""] and rows[3][5] == "line 3: '*' at position 3 is not a residue letter"
+    assert rows[5][1:5] == ["", "", "", ""] and rows[5][5] == "line 5: length 3 outside 4-20"
+    valid = [1, 2, 4, 6]
+    expected = mc.score(run, [lines[i - 1] for i in valid], "P11111")
+    assert [float(rows[i][1]) for i in valid] == pytest.approx([r["score"] for r in expected], abs=2e-3)
+    assert all(rows[i][4] == str(len(lines[i - 1])) and rows[i][5] == "" for i in valid)
+    assert "skipped 2 of 6" in proc.stderr
+
+
+def test_format_scores_ranks_best_first_and_keeps_skipped_rows_last():
+    results = [{"peptide": "AAAA", "score": 1.0, "condition_bits": 9.0, "background_bits": 10.0, "length": 4},
+               {"peptide": "A1", "skipped": "line 2: bad"},
+               {"peptide": "CCCC", "score": 3.5, "condition_bits": 7.0, "background_bits": 10.5, "length": 4}]
+    ranked = mc.format_scores(results, ranked=True).splitlines()
+    assert [ln.split("\t")[0] for ln in ranked] == ["peptide", "CCCC", "AAAA", "A1"]
+    assert ranked[1].split("\t")[1:5] == ["3.500", "7.000", "10.500", "4"]
+
+
+# --- is the score worth anything? evaluate's AUROC report --------------------------------------
+
+
+def test_paired_auroc_on_hand_made_scores():
+    r = mc.paired_auroc({"model": np.array([3.0, 2.0, 1.0, 0.0]), "composition": np.array([0.0, 1.0, 1.0, 2.0])},
+                        n_pos=2, n_boot=200)
+    assert (r["positives"], r["negatives"]) == (2, 2)
+    assert r["model"]["auroc"] == 1.0 and r["model"]["interval"] == [1.0, 1.0]
+    assert r["composition"]["auroc"] == pytest.approx(0.5 / 4)           # 0 < 1, 0 < 2, 1 = 1 (half), 1 < 2
+    assert r["difference"]["composition"]["value"] == pytest.approx(1.0 - r["composition"]["auroc"])
+    lo, hi = r["composition"]["interval"]
+    assert lo <= r["composition"]["auroc"] <= hi
+    same = mc.paired_auroc({"a": np.arange(10.0), "b": np.arange(10.0)}, n_pos=5)
+    assert same["a"]["auroc"] == 0.0 and same["difference"]["b"] == {"value": 0.0, "interval": [0.0, 0.0]}
+
+
+def test_evaluate_reports_score_auroc_per_target_beside_composition(trained_run):
+    report = mc.evaluate(trained_run, n_samples=50, n_per_target=20)
+    auroc = report["score_auroc"]
+    assert set(auroc["targets"]) == set(FIXTURE_MOTIFS)
+    for target, sets in auroc["targets"].items():
+        assert set(sets) == {"background", "other_targets"}
+        for name, r in sets.items():
+            assert r["positives"] >= auroc["min_positives"] and 0 < r["negatives"] <= auroc["max_rows"]
+            for scorer in ("model", "composition"):
+                lo, hi = r[scorer]["interval"]
+                assert 0 <= lo <= r[scorer]["auroc"] <= hi <= 1
+        assert sets["background"]["model"]["auroc"] > 0.7, (target, sets)   # the fixture's targets are easy
+    text = mc.format_report(report).split("Score ranking")[1]
+    assert all(t in text for t in FIXTURE_MOTIFS) and "composition" in text and "background" in text
+
+
+# --- variants of a parent, templates -----------------------------------------------------------
+
+
+def test_strength_zero_returns_the_parent_and_more_strength_moves_further(run):
+    parent = "KPPLPAEMKS"
+    assert mc.generate(run, n=20, target="P11111", parent=parent, strength=0) == [parent] * 20
+    identity = {}
+    for s in (0.2, 0.6, 1.0):
+        variants = mc.generate(run, n=100, target="P11111", parent=parent.lower(), strength=s, seed=1)
+        assert all(len(v) == len(parent) and set(v) <= set(mc.RESIDUES) for v in variants)
+        identity[s] = np.mean([mc.identity(v, parent) for v in variants])
+    assert identity[0.2] > identity[0.6] > identity[1.0], identity
+    assert [mc.strength_step(s, 10) for s in (0, 0.05, 0.3, 0.5, 1.0)] == [0, 1, 3, 5, 10]
+
+
+def test_every_template_output_matches_its_template(run):
+    for template in ("xxPPLPxx", "rswskpxxxx", "XGGWWXXXXXXXXX", "ACDEF"):
+        outputs = mc.generate(run, n=50, target="O33333", template=template, seed=2)
+        assert all(len(p) == len(template) and set(p) <= set(mc.RESIDUES) for p in outputs)
+        for p in outputs:
+            assert all(t in "xX" or t.upper() == c for t, c in zip(template, p)), (template, p)
+        if "x" in template.lower():
+            assert len(set(outputs)) > 10                         # the x positions are sampled, not fixed
+
+
+def test_variants_and_templates_reject_bad_requests(run):
+    cases = [(dict(parent="AC1DEF"), r"parent 'AC1DEF': '1' at position 3 is not a residue letter"),
+             (dict(parent="ACXDEF"), r"'X' at position 3 is not among this model's residue letters"),
+             (dict(parent="ACD"), r"parent 'ACD': length 3 outside 4-20"),
+             (dict(parent="ACDEFG", strength=1.5), r"strength must lie in \[0, 1\]"),
+             (dict(parent="ACDEFG", strength=-0.1), r"strength must lie in \[0, 1\]"),
+             (dict(strength=0.3), "a strength goes with a parent"),
+             (dict(template="xx.xx"), r"template 'xx.xx': '.' at position 3 is not a residue letter or x"),
+             (dict(template="x" * 21), "length 21 outside 4-20"),
+             (dict(parent="ACDEFG", template="xxxxxx"), "not both"),
+             (dict(parent="ACDEFG", min_length=8, max_length=12), "length 6, outside the requested length range 8-12"),
+             (dict(template="xxPPxx", max_length=5), "length 6, outside the requested length range 4-5")]
+    for kwargs, message in cases:
+        with pytest.raises(mc.DataError, match=message):
+            mc.generate(run, n=3, **kwargs)
+
+
+def test_cli_variants_with_identity_and_templates(trained_run):
+    where = ["--run-name", trained_run.name, "--checkpoint-dir", trained_run.parent]
+    proc = cli("generate", *where, "--from", "KPPLPAEMKS", "--strength", "0.3", "-n", 5, "--target", "P11111", "-v")
+    assert proc.returncode == 0, proc.stderr
+    rows = [ln.split("\t") for ln in proc.stdout.splitlines()]
+    assert rows[0] == ["peptide", "identity_to_parent"] and len(rows) == 6
+    assert all(float(i) == pytest.approx(mc.identity(p, "KPPLPAEMKS"), abs=1e-3) for p, i in rows[1:])
+    assert "mean identity" in proc.stderr
+    proc = cli("generate", *where, "--from", "KPPLPAEMKS", "--template", "xxPPLPxx")
+    assert proc.returncode == 2 and "not allowed with argument --from" in proc.stderr
