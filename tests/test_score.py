@@ -225,7 +225,7 @@ def test_every_template_output_matches_its_template(run):
         for p in outputs:
             assert all(t in "xX" or t.upper() == c for t, c in zip(template, p)), (template, p)
         if "x" in template.lower():
-            assert len(set(outputs)) > 10                         # the x positions are sampled, not fixed
+            assert len(set(outputs)) >= 5                         # the x positions are sampled, not fixed
 
 
 def test_variants_and_templates_reject_bad_requests(run):
