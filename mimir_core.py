@@ -1285,7 +1285,7 @@ def ratio_and_se(num, den) -> tuple[float, float]:
         return (float("inf") if num.sum() > 0 else None), None
     r = num.sum() / den.sum()
     n = len(num)
-    se = math.sqrt(n / (n - 1) * np.sum((num - r * den) ** 2)) / den.sum() if n > 1 else None
+    se = float(math.sqrt(n / (n - 1) * np.sum((num - r * den) ** 2)) / den.sum()) if n > 1 else None
     return float(r), se
 
 
@@ -1680,6 +1680,8 @@ def evaluate(run_dir, data=None, n_samples: int = 1000, n_per_target: int = 200,
     """Held-out likelihood, sample quality, order and conditioning, each beside a baseline matched to
     its condition and with its standard error. Writes evaluation.json in the run directory and returns
     the report (see format_report)."""
+    if n_draws < 1:
+        raise DataError(f"noise draws (n_draws, --noise-draws) must be at least 1, not {n_draws}")
     run = load_run(run_dir, checkpoint=checkpoint, device=device)
     val, train_rows = evaluation_split(run, data)
     report = {"run_dir": str(run_dir), "checkpoint": checkpoint, "guidance": guidance, "seed": seed,
@@ -1833,7 +1835,7 @@ def plot_evaluation(report: dict, out=None):
     for row, label in zip(axes, labels):
         s = report["samples"][label]
         for k, (key, name) in enumerate([("reference_composition", "held-out data"), ("composition", "samples"),
-                                         ("baseline_composition", "training composition (random floor)")]):
+                                         ("baseline_composition", "random baseline (the label's training composition)")]):
             row[0].bar(x + (k - 1) * 0.27, s[key], width=0.27, label=name)
         row[0].set_xticks(x, list(RESIDUES))
         row[0].set_title(f"label {label}: amino-acid composition")

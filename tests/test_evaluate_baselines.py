@@ -128,6 +128,8 @@ def test_evaluate_data_with_a_letter_outside_the_vocabulary_names_its_line(train
     assert exit_.value.code == 2 and "Traceback" not in err
     assert "line 3: letter 'X' at position 4 is not in this model's vocabulary" in err
     assert "line 4: letter 'B' at position 8" in err and "other.csv" in err and "line 2" not in err
+    with pytest.raises(mc.DataError, match="--noise-draws"):
+        mc.evaluate(trained_run, n_draws=0)
 
 
 def test_heldout_subset_is_a_fixed_random_subset_not_file_order(fixture_csv):
