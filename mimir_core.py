@@ -1518,6 +1518,19 @@ MIN_TARGET_ROWS = 20            # held-out rows a target needs for likelihood fi
 DEFAULT_NOISE_DRAWS = 16         # on the demo, label 1's paired SE: about 0.07 bits with 1 draw, 0.02 with 16
 
 
+def peptide_bits(run: Run, rows: Rows, generator=None, n_draws: int = 1, shuffle_rng=None) -> np.ndarray:
+    """(N,) the bound in bits of each row's peptide given its label and target, averaged over n_draws
+    noise draws. With shuffle_rng: of the peptide with its residues shuffled, a new shuffle per draw
+    (so the average is over shuffles too)."""
+    label, target_id = torch.from_numpy(rows.labels), torch.from_numpy(run.vocab.target_ids(rows.targets))
+    if shuffle_rng is None:
+        x0 = torch.from_numpy(run.vocab.encode(rows.sequences))
+        return heldout_bound_nats(run, x0, label, target_id, generator, n_draws=n_draws).numpy() / math.log(2)
+    shuffled = lambda: Rows(rows.path, rows.labels, rows.targets, shuffle_residues(rows.sequences, shuffle_rng),
+                            rows.sources, rows.lines)
+    return np.mean([peptide_bits(run, shuffled(), generator) for _ in range(n_draws)], axis=0)
+
+
 def likelihood_summary(model_bits, baseline_bits, shuffled_bits, residues) -> dict:
     """Bits per residue of one group of peptides: the model's bound, the composition baseline on the
     same peptides, their paired difference, and order bits (bound on the peptides shuffled - on them
@@ -1551,11 +1564,8 @@ def likelihood_report(run: Run, val: Rows, train_rows: Rows | None, seed: int = 
             continue
         part = subset_rows(val, idx[heldout_subset(len(idx), max_rows)])
         tokens = run.vocab.encode(part.sequences)
-        label_t, target_t = torch.from_numpy(part.labels), torch.from_numpy(run.vocab.target_ids(part.targets))
-        bits = lambda seqs, draws: heldout_bound_nats(run, torch.from_numpy(run.vocab.encode(seqs)), label_t, target_t,
-                                                      g, n_draws=draws).numpy() / math.log(2)
-        model_bits = bits(part.sequences, n_draws)
-        shuffled_bits = np.mean([bits(shuffle_residues(part.sequences, rng), 1) for _ in range(n_draws)], axis=0)
+        model_bits = peptide_bits(run, part, g, n_draws)
+        shuffled_bits = peptide_bits(run, part, g, n_draws, shuffle_rng=rng)
         comp_bits = composition_bits(tokens, [condition_composition(comps, label, t) for t in part.targets])
         residues = (tokens != PAD).sum(1)
         out["labels"][str(label)] = likelihood_summary(model_bits, comp_bits, shuffled_bits, residues)
