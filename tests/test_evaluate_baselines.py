@@ -167,7 +167,7 @@ def test_likelihood_report_scores_the_subset_against_each_rows_own_composition(t
         assert lk["order_bits"]["difference"] == pytest.approx(lk["shuffled_bits"] - lk["bits_per_residue"])
 
 
-def test_bound_averages_its_noise_draws(trained_run):
+def test_bound_averages_its_noise_draws_and_scores_shuffled_peptides(trained_run):
     run = mc.load_run(trained_run)
     x0 = torch.from_numpy(run.vocab.encode(["ACDEFGHIK", "WWYYP"])).long()
     label, target = torch.tensor([1, 0]), torch.tensor([1, 0])
@@ -175,6 +175,11 @@ def test_bound_averages_its_noise_draws(trained_run):
     one = [mc.heldout_bound_nats(run, x0, label, target, g) for _ in range(3)]
     three = mc.heldout_bound_nats(run, x0, label, target, torch.Generator().manual_seed(3), n_draws=3)
     assert torch.allclose(three, sum(one) / 3, atol=1e-5) and not torch.allclose(one[0], one[1])
+    # shuffled: a peptide of one letter is its own shuffle, so with the same noise its bits are the same
+    rows = hand_rows([(1, "P11111", "KKKKKKK"), (0, "", "ACDEFGHIK")])
+    real = mc.peptide_bits(run, rows, torch.Generator().manual_seed(5), n_draws=2)
+    shuffled = mc.peptide_bits(run, rows, torch.Generator().manual_seed(5), n_draws=2, shuffle_rng=np.random.default_rng(0))
+    assert shuffled[0] == pytest.approx(real[0], abs=1e-4) and shuffled[1] != pytest.approx(real[1], abs=1e-3)
 
 
 def test_sample_baselines_are_matched_to_their_condition(trained_run, tmp_path):
