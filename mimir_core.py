@@ -1417,7 +1417,8 @@ def condition_compositions(train_rows: Rows, vocab: Vocab) -> dict:
     target_ids = vocab.target_ids(train_rows.targets)
     per_target = np.bincount((target_ids[:, None] * (K + 1) + tokens).ravel(),
                              minlength=vocab.num_targets * (K + 1)).reshape(vocab.num_targets, K + 1)[:, 1:]
-    comps["targets"] = {t: (per_target[i + 1] + COMPOSITION_PRIOR * comps["1"]) / (per_target[i + 1].sum() + COMPOSITION_PRIOR)
+    prior = COMPOSITION_PRIOR * comps["1"]
+    comps["targets"] = {t: (per_target[i + 1] + prior) / (per_target[i + 1].sum() + COMPOSITION_PRIOR)
                         for i, t in enumerate(vocab.targets)}
     return comps
 
@@ -1658,7 +1659,8 @@ def motif_report(run: Run, background, train_rows: Rows | None, comps: dict, n_s
         enrichment = rate_ratio(hits, len(samples), bg_hits, len(background))
         order = motif_order(pattern, samples, seed=seed)
         rest = others(on_target, target)
-        specificity = rate_ratio(hits, len(samples), motif_hits(pattern, rest).sum(), len(rest)) if rest else (None, None)
+        specificity = (rate_ratio(hits, len(samples), motif_hits(pattern, rest).sum(), len(rest)) if rest
+                       else (None, None))
         data, data_specificity = None, (None, None)
         if training[target]:
             data = motif_order(pattern, training[target], seed=seed)
@@ -1761,7 +1763,8 @@ def format_report(report: dict) -> str:
            f"uniform guess {lk['uniform_bits']:.3f}",
            "  order bits: bound on the peptides with their residues shuffled minus on them as they are "
            "(> 0: the model uses residue order)",
-           f"  {'':18}{'rows':>6}{'model':>8}{'comp.':>8}  {'model - comp.':<17}{'verdict':<36}{'order bits':<17}verdict"]
+           f"  {'':18}{'rows':>6}{'model':>8}{'comp.':>8}  {'model - comp.':<17}{'verdict':<36}"
+           f"{'order bits':<17}verdict"]
     groups = [(f"label {l}", v) for l, v in lk["labels"].items()] + [(f"  {t}", v) for t, v in lk["targets"].items()]
     for name, v in groups:
         d, o = v["vs_composition"], v["order_bits"]
@@ -1802,14 +1805,16 @@ def format_report(report: dict) -> str:
         out += ["", f"Label conditioning: JS(label-1 vs label-0 composition) samples {c['samples']:.4f}, "
                     f"held-out data {c['heldout_data']:.4f}"]
     if cond.get("motifs"):
-        out += ["", "Target conditioning: the fraction of peptides carrying the target's motif in the target's samples, "
+        out += ["", "Target conditioning: the fraction of peptides carrying the target's motif in the target's "
+                    "samples, "
                     "a random baseline with the target's training composition and lengths, and background samples; "
                     "enrichment = target / background; order enr. = rate / rate with each peptide's residues shuffled "
                     f"({N_SHUFFLES} permutations; about 1 when composition alone makes the motif); specificity = rate "
                     "in the target's samples / in the other targets' samples; 'data': the target's training peptides; "
                     "± one SE; unique and novel: of the target's samples",
                 f"  {'target':14}{'rate':>6}{'matched':>8}{'backgr.':>8}{'enrichment':>17}{'order enr.':>17}"
-                f"{'data order enr.':>17}{'specificity':>17}{'data spec.':>17}{'data rate':>10}{'unique':>7}{'novel':>7}"]
+                f"{'data order enr.':>17}{'specificity':>17}{'data spec.':>17}{'data rate':>10}{'unique':>7}"
+                f"{'novel':>7}"]
         for target, m in cond["motifs"].items():
             out.append(f"  {target:14}{m['target_rate']:6.3f}{m['baseline_rate']:8.3f}{m['background_rate']:8.3f}"
                        f"{_pm(m['enrichment'], m['enrichment_se'], 1):>17}"
@@ -1845,7 +1850,7 @@ def plot_evaluation(report: dict, out=None):
     for row, label in zip(axes, labels):
         s = report["samples"][label]
         for k, (key, name) in enumerate([("reference_composition", "held-out data"), ("composition", "samples"),
-                                         ("baseline_composition", "random baseline (the label's training composition)")]):
+                                         ("baseline_composition", "random baseline (its training composition)")]):
             row[0].bar(x + (k - 1) * 0.27, s[key], width=0.27, label=name)
         row[0].set_xticks(x, list(RESIDUES))
         row[0].set_title(f"label {label}: amino-acid composition")
