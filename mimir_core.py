@@ -591,6 +591,19 @@ def split_indices(rows: Rows, val_fraction: float) -> tuple[np.ndarray, np.ndarr
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
+HELDOUT_SUBSET_SEED = 0
+
+
+def heldout_subset(n: int, max_rows: int) -> np.ndarray:
+    """Which of n held-out rows to score when at most max_rows are: a fixed, seeded random subset
+    (sorted), the same at every epoch and in every report. Never the first rows: files are grouped
+    (build_dataset.py writes label-1 rows, then human, then viral background), so file order would
+    leave whole groups out."""
+    if n <= max_rows:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(HELDOUT_SUBSET_SEED).choice(n, size=max_rows, replace=False))
+
+
 def data_stats(rows: Rows, vocab: Vocab) -> dict:
     """What generation and evaluation need from the training data: length counts per label and per
     target, and residue composition."""
@@ -1019,17 +1032,16 @@ def epoch_permutation(n: int, seed: int, epoch: int, device):
 
 @torch.no_grad()
 def heldout_losses(model, diffusion: D3PM, data: DeviceData, cfg: Config, batch_size: int = 1024) -> dict:
-    """ce / vb / loss on held-out rows with fixed noise (its own generator), so epochs compare fairly
-    and the training RNG stream is untouched."""
+    """ce / vb / loss on held-out rows (heldout_subset's rows when there are more than max_val_rows) with
+    fixed noise (its own generator), so epochs compare fairly and the training RNG stream is untouched."""
     was_training = model.training
     model.eval()
     device = data.x0.device
     g = torch.Generator(device=device).manual_seed(12345)
-    n = min(len(data), cfg.max_val_rows)
+    rows = torch.from_numpy(heldout_subset(len(data), cfg.max_val_rows)).to(device)
     sums = torch.zeros(3, device=device)
-    for start in range(0, n, batch_size):
-        idx = torch.arange(start, min(n, start + batch_size), device=device)
-        x0, label, target_id = data.batch(idx)
+    for start in range(0, len(rows), batch_size):
+        x0, label, target_id = data.batch(rows[start:start + batch_size])
         ce, vb = diffusion.losses(model, x0, label, target_id, generator=g)
         w = (x0 != PAD).sum()
         sums += torch.stack([ce * w, vb * w, w.float()])
@@ -1789,12 +1801,12 @@ def sample_table(run: Run, target: str | None = None, n: int = 10, min_length: i
 
 
 @torch.no_grad()
-def heldout_bound_nats(run: Run, x0, label, target_id, generator=None, batch_size: int = 512, draws: int = 1,
+def heldout_bound_nats(run: Run, x0, label, target_id, generator=None, batch_size: int = 512, n_draws: int = 1,
                        seed: int | None = None):
     """The D3PM variational bound -log p(x0 | length) >= ... per sequence, in nats, (N,): the prior term
     KL(q(x_T | x0) || uniform), the KL terms of every step t = 2..T and the reconstruction term
     -log p(x0 | x_1) (the t = 1 term of ce_and_vb), each with x_t ~ q(x_t | x0), as d3pm's calc_bpd_loop.
-    With draws > 1 the step terms are averaged over that many draws of the x_t. With a seed the x_t come
+    With n_draws > 1 the step terms are averaged over that many draws of the x_t. With a seed the x_t come
     from peptide_noise instead of `generator`: a sequence's bound then depends on nothing but the seed
     and the sequence (not on the other rows or their order), and two calls under other labels or
     targets see the same x_t, so the noise common to both cancels in their difference."""
@@ -1809,7 +1821,7 @@ def heldout_bound_nats(run: Run, x0, label, target_id, generator=None, batch_siz
         q_T = d.q_probs(x0r, torch.full((B,), d.T, device=dev))
         prior = (torch.special.xlogy(q_T, q_T * d.K).sum(-1) * pad_mask).sum(-1)
         steps = torch.zeros(B, device=dev)
-        for draw in range(draws):
+        for draw in range(n_draws):
             noise = peptide_noise(xb, seed, draw, d.T, d.K).to(dev) if seed is not None else None
             for t in range(1, d.T + 1):
                 t_b = torch.full((B,), t, device=dev)
@@ -1818,7 +1830,7 @@ def heldout_bound_nats(run: Run, x0, label, target_id, generator=None, batch_siz
                     logits = run.model(xt, t_b, lb, tb)
                 _, vb = d.ce_and_vb(logits.float(), x0r, xtr, t_b)
                 steps += (vb * pad_mask).sum(-1)
-        out.append((prior + steps / draws).cpu())
+        out.append((prior + steps / n_draws).cpu())
     return torch.cat(out)
 
 
@@ -1842,7 +1854,7 @@ def condition_bits(run: Run, peptides: list, label: int, target_id: int, draws: 
     x0 = torch.from_numpy(run.vocab.encode([peptides[i] for i in by_length]))
     n = len(peptides)
     nats = heldout_bound_nats(run, x0, torch.full((n,), label), torch.full((n,), target_id),
-                              batch_size=batch_size, draws=draws, seed=seed)
+                              batch_size=batch_size, n_draws=draws, seed=seed)
     bits = np.empty(n)
     bits[by_length] = nats.double().numpy() / math.log(2)
     return bits
@@ -1906,6 +1918,13 @@ def composition(sequences, letters: str = RESIDUES) -> np.ndarray:
     return counts / max(counts.sum(), 1)
 
 
+def residue_counts(sequences) -> np.ndarray:
+    """(N, 20): how often each RESIDUES letter occurs in each peptide (other letters are not counted)."""
+    tokens = Vocab(RESIDUES, []).encode(sequences).astype(np.int64)
+    n = len(sequences)
+    return np.bincount((np.arange(n)[:, None] * 21 + tokens).ravel(), minlength=n * 21).reshape(n, 21)[:, 1:]
+
+
 def length_distribution(sequences) -> np.ndarray:
     counts = np.bincount([len(s) for s in sequences], minlength=MAX_LEN + 1)[:MAX_LEN + 1].astype(float)
     return counts / max(counts.sum(), 1)
@@ -1944,6 +1963,188 @@ def random_peptides(n: int, comp, length_p, seed: int = 0) -> list:
     return ["".join(rng.choice(letters, size=k, p=comp)) for k in lengths]
 
 
+# --- uncertainty: every verdict is a difference or a ratio with its standard error ----------------
+
+
+def ratio_and_se(num, den) -> tuple[float, float]:
+    """sum(num) / sum(den) and its standard error, the rows (num_i, den_i) being independent units
+    (the delta method for a ratio estimator). Bits per residue: num = a peptide's bits, den = its
+    residues; a paired difference: num = model bits - baseline bits of the same peptide; order
+    enrichment: num = a peptide's motif match, den = its mean match after shuffles."""
+    num, den = np.asarray(num, float), np.asarray(den, float)
+    if den.sum() == 0:                              # None: undefined (JSON null)
+        return (float("inf") if num.sum() > 0 else None), None
+    r = num.sum() / den.sum()
+    n = len(num)
+    se = float(math.sqrt(n / (n - 1) * np.sum((num - r * den) ** 2)) / den.sum()) if n > 1 else None
+    return float(r), se
+
+
+def rate_ratio(hits_a: float, n_a: int, hits_b: float, n_b: int) -> tuple[float, float]:
+    """(hits_a / n_a) / (hits_b / n_b) for two independent sets of peptides, and its standard error
+    (delta method on the log ratio)."""
+    if hits_b == 0:
+        return (float("inf") if hits_a > 0 else None), None
+    ratio = float((hits_a / n_a) / (hits_b / n_b))
+    if hits_a == 0:
+        return 0.0, None
+    return ratio, ratio * math.sqrt(max(1 / hits_a - 1 / n_a, 0) + max(1 / hits_b - 1 / n_b, 0))
+
+
+def verdict(diff: float, se: float, below: str, above: str) -> str:
+    """`below` when diff < 0 by more than 2 standard errors, `above` when > 0 by more, else not distinguishable."""
+    if diff is None:
+        return "-"
+    if se is None or abs(diff) <= 2 * se:
+        return "not distinguishable (within 2 SE)"
+    return below if diff < 0 else above
+
+
+# --- order: the same residues in another order --------------------------------------------------
+
+N_SHUFFLES = 10                 # seeded permutations per peptide for a shuffled motif rate
+
+
+def shuffle_residues(sequences, rng) -> list:
+    """Each peptide with its residues in a random order: the same length and composition, no order."""
+    return ["".join(rng.permutation(list(s))) for s in sequences]
+
+
+def motif_hits(pattern, sequences) -> np.ndarray:
+    """(N,) 1.0 where a peptide carries the motif (a compiled regex), else 0.0."""
+    return np.array([bool(pattern.search(s)) for s in sequences], dtype=float)
+
+
+def motif_order(pattern, sequences, n_shuffles: int = N_SHUFFLES, seed: int = 0) -> dict:
+    """A motif's rate in peptides, its rate after shuffling each peptide's residues (the mean over
+    n_shuffles seeded permutations), and order enrichment = rate / shuffled rate with its SE. Residues
+    that carry a motif only by composition give about 1; a motif written in order gives far more.
+    order_gain = rate - shuffled rate with its SE (paired per peptide) decides whether order is there:
+    it stays defined when no shuffled peptide carries the motif."""
+    rng = np.random.default_rng(seed)
+    hits = motif_hits(pattern, sequences)
+    shuffled = np.mean([motif_hits(pattern, shuffle_residues(sequences, rng)) for _ in range(n_shuffles)], axis=0) \
+        if len(sequences) else np.zeros(0)
+    enrichment, se = ratio_and_se(hits, shuffled)
+    gain, gain_se = ratio_and_se(hits - shuffled, np.ones(len(hits)))
+    return {"n": len(sequences), "rate": float(hits.mean()) if len(hits) else 0.0,
+            "shuffled_rate": float(shuffled.mean()) if len(hits) else 0.0,
+            "order_enrichment": enrichment, "order_enrichment_se": se, "order_gain": gain, "order_gain_se": gain_se}
+
+
+PAIR_GAPS = (1, 2, 3)           # residue pairs 1, 2 and 3 apart: dipeptides and pairs around 1-2 residues
+
+
+def pair_features(sequences, shuffled: bool = False) -> np.ndarray:
+    """(N, len(PAIR_GAPS) * 400): each peptide's frequencies of residue pairs (a, b) at each distance in
+    PAIR_GAPS, per pair of positions. With `shuffled`, their exact expectation over random orders of the
+    peptide's residues: c_a c_b / (L (L - 1)), c_a (c_a - 1) / (L (L - 1)) for a = b, the same at every
+    distance. Letters outside RESIDUES count in L but in no pair."""
+    n = len(sequences)
+    idx = Vocab(RESIDUES, []).encode(sequences).astype(np.int64) - 1          # -1: PAD or a rare letter
+    lengths = np.fromiter(map(len, sequences), dtype=np.float64, count=n)
+    rows = np.arange(n)[:, None]
+    if shuffled:
+        counts = residue_counts(sequences).astype(float)
+        pairs = counts[:, :, None] * counts[:, None, :] - counts[:, :, None] * np.eye(20)
+        return np.tile(pairs.reshape(n, 400) / (lengths * (lengths - 1))[:, None], len(PAIR_GAPS))
+    blocks = []
+    for gap in PAIR_GAPS:
+        a, b = idx[:, :-gap], idx[:, gap:]
+        ok = (a >= 0) & (b >= 0)
+        flat = (np.broadcast_to(rows, a.shape) * 400 + a * 20 + b)[ok]
+        blocks.append(np.bincount(flat, minlength=n * 400).reshape(n, 400) / np.maximum(lengths - gap, 1)[:, None])
+    return np.concatenate(blocks, axis=1)
+
+
+MAX_KMER_SAMPLES = 2000         # the k-mer statistic holds an n x n matrix
+
+
+def kmer_order(samples, reference) -> dict:
+    """Distance of the samples' residue-pair frequencies (pair_features) to the reference peptides',
+    against the same distance for the samples with their residues shuffled. A distance is an unbiased
+    estimate of the squared distance between the two sets' mean pair frequencies (its pairs i != j
+    only), so sets drawn alike score 0 in expectation, whatever their size. gain = shuffled distance -
+    distance: positive when the samples' order brings them closer to the reference. A set without order
+    (residues exchangeable within each peptide) has gain 0 in expectation by construction, since its
+    pairs' mean is then its shuffled pairs' mean. The standard error is the U-statistic's (Hoeffding)
+    for the samples plus the reference's linear share. None when either set has fewer than 2 peptides."""
+    samples = list(samples)[:MAX_KMER_SAMPLES]
+    if len(samples) < 2 or len(reference) < 2:
+        return None
+    A, B, H = pair_features(samples), pair_features(samples, shuffled=True), pair_features(reference)
+    n, m = len(A), len(H)
+    mean_a, mean_b, mean_h = A.mean(0), B.mean(0), H.mean(0)
+    u_h = (m * m * mean_h @ mean_h - (H * H).sum()) / (m * (m - 1))      # mean <h_i, h_j> over i != j
+    off = ~np.eye(n, dtype=bool)
+    gram_a, gram_b = A @ A.T, B @ B.T
+    shift = (B - A) @ mean_h
+    kernel = gram_b - gram_a - shift[:, None] - shift[None, :]        # gain = mean over i != j, given H
+    gain = float(kernel[off].mean())
+    h1 = (kernel.sum(1) - np.diag(kernel)) / (n - 1)                # each sample's mean kernel
+    sigma2 = kernel[off].var()
+    sigma1 = max(h1.var(ddof=1) - sigma2 / (n - 1), 0.0)                # h1's spread, less its own noise
+    var = (4 * (n - 2) * sigma1 + 2 * sigma2) / (n * (n - 1))
+    var += 4 * (H @ (mean_b - mean_a)).var(ddof=1) / m                # the reference's share: linear in H
+    distance = float(gram_a[off].mean() + u_h - 2 * mean_a @ mean_h)
+    return {"n": n, "reference_n": m, "distance": distance, "shuffled_distance": distance + gain,
+            "gain": gain, "gain_se": math.sqrt(max(var, 0.0))}
+
+
+# --- baselines: each condition's own training composition -----------------------------------
+
+COMPOSITION_PRIOR = 20          # pseudo-residues: a target's composition leans on its label's by this weight
+
+
+def condition_compositions(train_rows: Rows, vocab: Vocab) -> dict:
+    """Residue composition over vocab.letters of each condition in training: "0" and "1" (one
+    pseudo-count per letter, so no residue gets probability 0) and, under "targets", every target
+    (its training residues plus COMPOSITION_PRIOR pseudo-residues of the label-1 composition, so a
+    target with few training peptides falls back on its label's)."""
+    tokens = vocab.encode(train_rows.sequences).astype(np.int64)
+    K = len(vocab.letters)
+    counts = lambda rows: np.bincount(tokens[rows].ravel(), minlength=K + 1)[1:].astype(float)
+    comps = {str(l): (counts(train_rows.labels == l) + 1) / (counts(train_rows.labels == l).sum() + K) for l in (0, 1)}
+    target_ids = vocab.target_ids(train_rows.targets)
+    per_target = np.bincount((target_ids[:, None] * (K + 1) + tokens).ravel(),
+                             minlength=vocab.num_targets * (K + 1)).reshape(vocab.num_targets, K + 1)[:, 1:]
+    prior = COMPOSITION_PRIOR * comps["1"]
+    comps["targets"] = {t: (per_target[i + 1] + prior) / (per_target[i + 1].sum() + COMPOSITION_PRIOR)
+                        for i, t in enumerate(vocab.targets)}
+    return comps
+
+
+def baseline_compositions(run: Run, train_rows: Rows | None) -> dict:
+    """condition_compositions of the run's training rows; when its data file is gone, the pooled
+    composition stored with the run for every condition ("matched": False says so)."""
+    if train_rows is not None:
+        return {**condition_compositions(train_rows, run.vocab), "matched": True}
+    pooled = np.asarray(run.stats["composition"], dtype=float)
+    return {"0": pooled, "1": pooled, "targets": {}, "matched": False}
+
+
+def condition_composition(comps: dict, label: int, target: str | None = None) -> np.ndarray:
+    return comps["targets"].get(target, comps[str(label)]) if target else comps[str(label)]
+
+
+def composition_bits(tokens, comps_per_row) -> np.ndarray:
+    """(N,) bits of each peptide (tokens (N, MAX_LEN)) under residues drawn i.i.d. from its own
+    composition (comps_per_row (N, K)): the cross-entropy a composition-only model pays."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    logp = np.log2(np.asarray(comps_per_row, float))
+    picked = np.take_along_axis(logp, (tokens - 1).clip(0), axis=1)
+    return -(picked * (tokens != PAD)).sum(1)
+
+
+def standard_composition(comp) -> np.ndarray:
+    """A composition over the vocabulary's letters cut to RESIDUES (the letters samples use), renormalized."""
+    comp = np.asarray(comp, float)[:len(RESIDUES)]
+    return comp / comp.sum()
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
 def read_motifs(path) -> list[dict]:
     """Motif classes from a JSON list of {"target", "elm_class", "description", "regex", "anchor"}.
     A c_terminal regex must end with '$' so it can only match at the protein's last residue."""
@@ -1979,9 +2180,18 @@ def load_motifs(path=DEMO_MOTIFS) -> dict:
 
 def evaluation_split(run: Run, data=None) -> tuple[Rows, Rows | None]:
     """(held-out rows, training rows): the run's own split of its data, or all of `data` held out when
-    it is another file (the training rows then come from the run's data, when that file is still there)."""
+    it is another file (the training rows then come from the run's data, when that file is still there).
+    A file with letters the model never saw is refused: it could neither score nor compare them."""
     train_path = run.cfg.data or str(DEMO_DATA)
     rows = load_rows(data or train_path)
+    if data:
+        foreign = re.compile(f"[^{run.vocab.letters}]")
+        problems = [(line, f"letter '{bad.group()}' at position {bad.start() + 1} is not in this model's "
+                           f"vocabulary ({run.vocab.letters})")
+                    for line, seq in zip(rows.lines.tolist(), rows.sequences) if (bad := foreign.search(seq))]
+        if problems:
+            raise DataError(summarize_problems(rows.path, problems) + "\nRemove these rows (or evaluate a model "
+                            "trained on data with these letters).")
     if data and Path(data).resolve() != Path(train_path).resolve():
         train_rows = load_rows(train_path) if Path(train_path).exists() else None
         if train_rows is not None:
@@ -1996,68 +2206,121 @@ def evaluation_split(run: Run, data=None) -> tuple[Rows, Rows | None]:
     return val, train_rows
 
 
-def likelihood_report(run: Run, val: Rows, train_rows: Rows | None, seed: int = 0, max_rows: int = 5000) -> dict:
-    """Per label: the held-out bound in bits per residue beside the training composition's entropy
-    and the uniform log2 K."""
+MIN_TARGET_ROWS = 20            # held-out rows a target needs for likelihood figures of its own
+DEFAULT_NOISE_DRAWS = 16         # on the demo, label 1's paired SE: about 0.07 bits with 1 draw, 0.02 with 16
+
+
+def peptide_bits(run: Run, rows: Rows, generator=None, n_draws: int = 1, shuffle_rng=None) -> np.ndarray:
+    """(N,) the bound in bits of each row's peptide given its label and target, averaged over n_draws
+    noise draws. With shuffle_rng: of the peptide with its residues shuffled, a new shuffle per draw
+    (so the average is over shuffles too)."""
+    label, target_id = torch.from_numpy(rows.labels), torch.from_numpy(run.vocab.target_ids(rows.targets))
+    if shuffle_rng is None:
+        x0 = torch.from_numpy(run.vocab.encode(rows.sequences))
+        return heldout_bound_nats(run, x0, label, target_id, generator, n_draws=n_draws).numpy() / math.log(2)
+    shuffled = lambda: Rows(rows.path, rows.labels, rows.targets, shuffle_residues(rows.sequences, shuffle_rng),
+                            rows.sources, rows.lines)
+    return np.mean([peptide_bits(run, shuffled(), generator) for _ in range(n_draws)], axis=0)
+
+
+def likelihood_summary(model_bits, baseline_bits, shuffled_bits, residues) -> dict:
+    """Bits per residue of one group of peptides: the model's bound, the composition baseline on the
+    same peptides, their paired difference, and order bits (bound on the peptides shuffled - on them
+    as they are), each difference with its standard error over peptides."""
+    model, se = ratio_and_se(model_bits, residues)
+    vs_comp = ratio_and_se(model_bits - baseline_bits, residues)
+    order = ratio_and_se(shuffled_bits - model_bits, residues)
+    return {"rows": len(residues), "residues": int(residues.sum()), "bits_per_residue": model,
+            "bits_per_residue_se": se, "composition_bits": ratio_and_se(baseline_bits, residues)[0],
+            "vs_composition": {"difference": vs_comp[0], "se": vs_comp[1]},
+            "shuffled_bits": ratio_and_se(shuffled_bits, residues)[0],
+            "order_bits": {"difference": order[0], "se": order[1]}}
+
+
+def likelihood_report(run: Run, val: Rows, train_rows: Rows | None, seed: int = 0, max_rows: int = 5000,
+                      n_draws: int = DEFAULT_NOISE_DRAWS) -> dict:
+    """Per label, and per target with MIN_TARGET_ROWS held-out rows: the held-out bound in bits per
+    residue beside the cross-entropy of the same rows under their own condition's training composition
+    (a label-0 row: the label-0 composition; a label-1 row: its target's), with the paired difference
+    and its SE; and order bits, the bound on the same rows with their residues shuffled minus the
+    bound on them as they are. Each bound averages n_draws noise draws per term (the shuffled one, one
+    draw on each of n_draws shuffles). At most max_rows rows per label: heldout_subset's."""
     g = torch.Generator(device=run.device).manual_seed(seed)
-    comp_bits = entropy_bits(composition((train_rows if train_rows is not None else val).sequences,
-                                         run.vocab.letters))
-    out = {}
+    rng = np.random.default_rng(seed)
+    comps = baseline_compositions(run, train_rows)
+    out = {"noise_draws": n_draws, "uniform_bits": math.log2(len(run.vocab.letters)),
+           "matched_baseline": comps["matched"], "labels": {}, "targets": {}}
     for label in (0, 1):
-        idx = np.flatnonzero(val.labels == label)[:max_rows]
+        idx = np.flatnonzero(val.labels == label)
         if len(idx) == 0:
             continue
-        part = subset_rows(val, idx)
-        x0 = torch.from_numpy(run.vocab.encode(part.sequences))
-        nats = heldout_bound_nats(run, x0, torch.from_numpy(part.labels),
-                                  torch.from_numpy(run.vocab.target_ids(part.targets)), g)
-        out[str(label)] = {"rows": len(idx), "bits_per_residue": float(nats.sum()) / int((x0 != PAD).sum()) / math.log(2),
-                           "composition_bits": comp_bits, "uniform_bits": math.log2(len(run.vocab.letters))}
+        part = subset_rows(val, idx[heldout_subset(len(idx), max_rows)])
+        tokens = run.vocab.encode(part.sequences)
+        model_bits = peptide_bits(run, part, g, n_draws)
+        shuffled_bits = peptide_bits(run, part, g, n_draws, shuffle_rng=rng)
+        comp_bits = composition_bits(tokens, [condition_composition(comps, label, t) for t in part.targets])
+        residues = (tokens != PAD).sum(1)
+        out["labels"][str(label)] = likelihood_summary(model_bits, comp_bits, shuffled_bits, residues)
+        for target in sorted(set(part.targets) - {""}):
+            rows = np.array([t == target for t in part.targets])
+            if rows.sum() >= MIN_TARGET_ROWS:
+                out["targets"][target] = likelihood_summary(model_bits[rows], comp_bits[rows], shuffled_bits[rows],
+                                                            residues[rows])
     return out
 
 
+def composition_gap(samples, baseline, reference, n_boot: int = 200, seed: int = 0) -> dict:
+    """JS(samples, reference) - JS(baseline, reference) in composition, and its bootstrap standard
+    error (the peptides of all three sets resampled): negative when the samples are the closer."""
+    counts = [residue_counts(s) for s in (samples, baseline, reference)]
+    def gap(picks):
+        comp = [c[p].sum(0) + 1e-12 for c, p in zip(counts, picks)]
+        return js_divergence(comp[0], comp[2]) - js_divergence(comp[1], comp[2])
+    rng = np.random.default_rng(seed)
+    boot = [gap([rng.integers(0, len(c), len(c)) for c in counts]) for _ in range(n_boot)]
+    return {"difference": gap([np.arange(len(c)) for c in counts]), "se": float(np.std(boot, ddof=1))}
+
+
 def sampling_report(run: Run, val: Rows, train_rows: Rows | None, n_samples: int = 1000, n_per_target: int = 200,
-                    seed: int = 0, guidance: float = DEFAULT_GUIDANCE, motifs=None) -> dict:
-    """Samples per label against held-out peptides and a composition-matched random floor; conditioning:
-    each motif target's rate in its own samples vs in background samples, and the label-1 vs label-0
-    composition distance."""
+                    seed: int = 0, guidance: float = DEFAULT_GUIDANCE, motifs=None, max_rows: int = 5000) -> dict:
+    """Samples per label against held-out peptides and a matched random baseline (residues and lengths
+    drawn from the same condition's training composition and lengths), with k-mer order (kmer_order)
+    for the samples, the baseline and the training peptides. Conditioning: label-1 vs label-0
+    composition distance and, for each motif target, the motif's rate in the target's samples, in a
+    baseline matched to the target, in background samples, its order enrichment and its specificity,
+    each beside the same figure for the target's training peptides."""
     train_set = set(train_rows.sequences) if train_rows else set()
-    train_comp = np.array(run.stats["composition"])[:len(RESIDUES)]
-    train_comp = train_comp / train_comp.sum()
+    comps = baseline_compositions(run, train_rows)
+    rng = np.random.default_rng(seed)
     reference = {l: [s for s, x in zip(val.sequences, val.labels.tolist()) if x == l] for l in (0, 1)}
-    samples, report = {}, {"samples": {}, "conditioning": {}}
+    samples, report = {}, {"matched_baseline": comps["matched"], "samples": {}, "conditioning": {}}
     for label in (0, 1):
         if not reference[label]:
             continue
         samples[label] = generate(run, n=n_samples, label=label, seed=seed, guidance=guidance)
-        baseline = random_peptides(n_samples, train_comp, length_probs(run, label, None, MIN_LEN, MAX_LEN), seed)
+        comp = standard_composition(condition_composition(comps, label))
+        baseline = random_peptides(n_samples, comp, length_probs(run, label, None, MIN_LEN, MAX_LEN), seed)
+        kmer_reference = [reference[label][i] for i in heldout_subset(len(reference[label]), max_rows)]
+        training = [s for s, x in zip(train_rows.sequences, train_rows.labels.tolist()) if x == label] \
+            if train_rows else []
+        training = [training[i] for i in rng.permutation(len(training))[:n_samples]]
         report["samples"][str(label)] = {
             "model": sample_metrics(samples[label], reference[label], train_set),
             "random_baseline": sample_metrics(baseline, reference[label], train_set),
+            "composition_vs_baseline": composition_gap(samples[label], baseline, reference[label], seed=seed),
+            "kmer_order": {"model": kmer_order(samples[label], kmer_reference),
+                           "random_baseline": kmer_order(baseline, kmer_reference),
+                           "training": kmer_order(training, kmer_reference)},
             "composition": composition(samples[label]).tolist(),
-            "reference_composition": composition(reference[label]).tolist(), "baseline_composition": train_comp.tolist(),
+            "reference_composition": composition(reference[label]).tolist(), "baseline_composition": comp.tolist(),
             "lengths": length_distribution(samples[label]).tolist(),
             "reference_lengths": length_distribution(reference[label]).tolist()}
     if 0 in samples and 1 in samples:
         js = lambda a, b: js_divergence(composition(a) + 1e-12, composition(b) + 1e-12)
         report["conditioning"]["label_js_composition"] = {"samples": js(samples[1], samples[0]),
                                                           "heldout_data": js(reference[1], reference[0])}
-    motifs = load_motifs(motifs) if motifs else (load_motifs() if not run.cfg.data else {})
-    targets = {}
-    for target, pattern in motifs.items():
-        if target not in run.vocab.targets:
-            continue
-        on_target = generate(run, n=n_per_target, label=1, target=target, seed=seed, guidance=guidance)
-        background = samples.get(0) or generate(run, n=n_samples, label=0, seed=seed, guidance=guidance)
-        rate = lambda ps: sum(bool(pattern.search(p)) for p in ps) / max(len(ps), 1)
-        on, bg = rate(on_target), rate(background)
-        metrics = sample_metrics(on_target, on_target, train_set)
-        targets[target] = {"pattern": pattern.pattern, "target_rate": on, "background_rate": bg,
-                           "enrichment": on / bg if bg > 0 else (float("inf") if on > 0 else 1.0),
-                           "uniqueness": metrics["uniqueness"], "novelty": metrics["novelty"],
-                           "training_rate": rate([s for s, t in zip(train_rows.sequences, train_rows.targets)
-                                                  if t == target]) if train_rows else None}
-    report["conditioning"]["motifs"] = targets
+    report["conditioning"]["motifs"] = motif_report(run, samples.get(0), train_rows, comps, n_samples, n_per_target,
+                                                    seed, guidance, motifs)
     return report
 
 
@@ -2166,16 +2429,73 @@ def format_score_auroc(report: dict) -> str:
     return "\n".join(out)
 
 
+def motif_report(run: Run, background, train_rows: Rows | None, comps: dict, n_samples: int, n_per_target: int,
+                 seed: int, guidance: float, motifs=None) -> dict:
+    """Per motif target: the motif's rate in the target's samples, in a random baseline matched to the
+    target (its training composition and lengths: what composition alone buys), in background samples;
+    enrichment over background; order enrichment (motif_order); specificity, the motif's rate in its
+    own target's samples over its rate in the other motif targets' samples; and the order enrichment
+    and specificity of the target's training peptides. The demo's motifs for demo runs, else `motifs`."""
+    motifs = load_motifs(motifs) if motifs else (load_motifs() if not run.cfg.data else {})
+    motifs = {t: p for t, p in motifs.items() if t in run.vocab.targets}
+    if not motifs:
+        return {}
+    if background is None:
+        background = generate(run, n=n_samples, label=0, seed=seed, guidance=guidance)
+    on_target = {t: generate(run, n=n_per_target, label=1, target=t, seed=seed, guidance=guidance) for t in motifs}
+    training = {t: [s for s, x in zip(train_rows.sequences, train_rows.targets) if x == t] if train_rows else []
+                for t in motifs}
+    others = lambda sets, target: [s for t, seqs in sets.items() if t != target for s in seqs]
+    out = {}
+    for target, pattern in motifs.items():
+        samples = on_target[target]
+        matched = random_peptides(n_per_target, standard_composition(condition_composition(comps, 1, target)),
+                                  length_probs(run, 1, target, MIN_LEN, MAX_LEN), seed)
+        hits, bg_hits = motif_hits(pattern, samples).sum(), motif_hits(pattern, background).sum()
+        enrichment = rate_ratio(hits, len(samples), bg_hits, len(background))
+        order = motif_order(pattern, samples, seed=seed)
+        rest = others(on_target, target)
+        specificity = (rate_ratio(hits, len(samples), motif_hits(pattern, rest).sum(), len(rest)) if rest
+                       else (None, None))
+        data, data_specificity = None, (None, None)
+        if training[target]:
+            data = motif_order(pattern, training[target], seed=seed)
+            rest = others(training, target)
+            if rest:
+                data_specificity = rate_ratio(motif_hits(pattern, training[target]).sum(), len(training[target]),
+                                              motif_hits(pattern, rest).sum(), len(rest))
+        metrics = sample_metrics(samples, samples, set(train_rows.sequences) if train_rows else set())
+        out[target] = {"pattern": pattern.pattern, "n": len(samples), "target_rate": order["rate"],
+                       "baseline_rate": float(motif_hits(pattern, matched).mean()),
+                       "background_rate": bg_hits / max(len(background), 1),
+                       "enrichment": enrichment[0], "enrichment_se": enrichment[1],
+                       "shuffled_rate": order["shuffled_rate"], "order_enrichment": order["order_enrichment"],
+                       "order_enrichment_se": order["order_enrichment_se"], "order_gain": order["order_gain"],
+                       "order_gain_se": order["order_gain_se"],
+                       "specificity": specificity[0], "specificity_se": specificity[1],
+                       "uniqueness": metrics["uniqueness"], "novelty": metrics["novelty"],
+                       "training_rate": data["rate"] if data else None,
+                       "training_shuffled_rate": data["shuffled_rate"] if data else None,
+                       "training_order_enrichment": data["order_enrichment"] if data else None,
+                       "training_order_enrichment_se": data["order_enrichment_se"] if data else None,
+                       "training_specificity": data_specificity[0], "training_specificity_se": data_specificity[1]}
+    return out
+
+
 def evaluate(run_dir, data=None, n_samples: int = 1000, n_per_target: int = 200, seed: int = 0,
-             guidance: float = DEFAULT_GUIDANCE, motifs=None, max_rows: int = 5000, checkpoint: str = "best",
-             device: str = "auto") -> dict:
-    """Held-out likelihood, sample quality and conditioning, each with its baseline. Writes
-    evaluation.json in the run directory and returns the report (see format_report)."""
+             guidance: float = DEFAULT_GUIDANCE, motifs=None, max_rows: int = 5000,
+             n_draws: int = DEFAULT_NOISE_DRAWS, checkpoint: str = "best", device: str = "auto") -> dict:
+    """Held-out likelihood, sample quality, order and conditioning, each beside a baseline matched to
+    its condition and with its standard error. Writes evaluation.json in the run directory and returns
+    the report (see format_report)."""
+    if n_draws < 1:
+        raise DataError(f"noise draws (n_draws, --noise-draws) must be at least 1, not {n_draws}")
     run = load_run(run_dir, checkpoint=checkpoint, device=device)
     val, train_rows = evaluation_split(run, data)
     report = {"run_dir": str(run_dir), "checkpoint": checkpoint, "guidance": guidance, "seed": seed,
-              "heldout_rows": len(val.sequences), "likelihood": likelihood_report(run, val, train_rows, seed, max_rows),
-              **sampling_report(run, val, train_rows, n_samples, n_per_target, seed, guidance, motifs)}
+              "heldout_rows": len(val.sequences),
+              "likelihood": likelihood_report(run, val, train_rows, seed, max_rows, n_draws),
+              **sampling_report(run, val, train_rows, n_samples, n_per_target, seed, guidance, motifs, max_rows)}
     report["score_auroc"] = score_auroc_report(run, val, train_rows, seed)
     write_json(Path(run_dir) / "evaluation.json", report)
     return report
@@ -2193,50 +2513,113 @@ def guidance_sweep(run_dir, guidances, data=None, n_samples: int = 1000, n_per_t
     return reports
 
 
+def _pm(value, se, digits: int = 3, signed: bool = False) -> str:
+    """'value ± se', '-' for a missing value."""
+    if value is None:
+        return "-"
+    text = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+    return text + (f" ± {se:.{digits}f}" if se is not None else "")
+
+
 def format_guidance_sweep(reports: list) -> str:
-    """One row per guidance value: label-1 sample quality, then motif conditioning averaged over targets."""
-    out = ["| guidance | label-1 valid | unique | novel | JS comp | motif rate on target | in background "
-           "| targets enriched >2x | target samples unique | novel |", "|---" * 10 + "|"]
+    """One row per guidance value: label-1 sample quality beside the matched baseline's, k-mer order
+    gain, then motif conditioning over targets (medians of rates and ratios; the data's beside)."""
+    out = ["| guidance | label-1 valid | unique | novel | JS comp | baseline JS comp | k-mer order gain x1e3 "
+           "| motif rate on target | matched baseline | in background | targets enriched >2x "
+           "| order enrichment | data's order enrichment | targets in order (rate > shuffled by 2 SE) "
+           "| target samples unique | novel |", "|---" * 16 + "|"]
     for r in reports:
-        m = r["samples"].get("1", {}).get("model")
+        s = r["samples"].get("1", {})
+        m = s.get("model")
         cells = [f"{m[k]:.3f}" for k in ("validity", "uniqueness", "novelty", "js_composition")] if m else ["-"] * 4
+        cells.append(f"{s['random_baseline']['js_composition']:.3f}" if m else "-")
+        k = s.get("kmer_order", {}).get("model")
+        cells.append(_pm(k["gain"] * 1e3, k["gain_se"] * 1e3, 2, signed=True) if k else "-")
         motifs = list(r["conditioning"].get("motifs", {}).values())
-        mean = lambda key: f"{np.mean([t[key] for t in motifs]):.3f}" if motifs else "-"
-        enriched = f"{sum(t['enrichment'] > 2 for t in motifs)}/{len(motifs)}" if motifs else "-"
-        cells += [mean("target_rate"), mean("background_rate"), enriched, mean("uniqueness"), mean("novelty")]
+        median = lambda key: f"{np.median([t[key] for t in motifs if t[key] is not None]):.2f}" \
+            if any(t[key] is not None for t in motifs) else "-"
+        ordered = sum(verdict(-t["order_gain"], t["order_gain_se"], "yes", "no") == "yes" for t in motifs)
+        cells += [median("target_rate"), median("baseline_rate"), median("background_rate"),
+                  f"{sum((t['enrichment'] or 0) > 2 for t in motifs)}/{len(motifs)}" if motifs else "-",
+                  median("order_enrichment"), median("training_order_enrichment"),
+                  f"{ordered}/{len(motifs)}" if motifs else "-", median("uniqueness"), median("novelty")]
         out.append(f"| {r['guidance']:g} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
 def format_report(report: dict) -> str:
-    """The evaluation report as readable text."""
+    """The evaluation report as readable text: every verdict a difference or ratio with its standard
+    error (±), "not distinguishable" within 2 SE."""
+    lk = report["likelihood"]
     out = [f"Evaluation of {report['run_dir']} ({report['checkpoint']}.pt, guidance {report['guidance']}, "
-           f"{report['heldout_rows']} held-out rows)", "", "Held-out likelihood (bits per residue; lower is better):"]
-    for label, lk in report["likelihood"].items():
-        verdict = "beats" if lk["bits_per_residue"] < lk["composition_bits"] else "DOES NOT beat"
-        out.append(f"  label {label}: model {lk['bits_per_residue']:.3f} | composition {lk['composition_bits']:.3f} | "
-                   f"uniform {lk['uniform_bits']:.3f}  -> {verdict} amino-acid composition ({lk['rows']} rows)")
-    out += ["", "Samples vs held-out peptides (JS divergence in bits: 0 = same distribution):",
-            f"  {'':22}{'validity':>9}{'unique':>9}{'novel':>9}{'JS comp':>9}{'JS len':>9}"]
+           f"{report['heldout_rows']} held-out rows)", "",
+           f"Held-out likelihood (bits per residue, lower is better; bound averaged over {lk['noise_draws']} noise "
+           f"draws per term; ± one standard error over peptides):",
+           "  composition: the same peptides under their own condition's training composition "
+           f"({'label 0; label 1: its target' if lk['matched_baseline'] else 'POOLED: the training file is gone'}); "
+           f"uniform guess {lk['uniform_bits']:.3f}",
+           "  order bits: bound on the peptides with their residues shuffled minus on them as they are "
+           "(> 0: the model uses residue order)",
+           f"  {'':18}{'rows':>6}{'model':>8}{'comp.':>8}  {'model - comp.':<17}{'verdict':<36}"
+           f"{'order bits':<17}verdict"]
+    groups = [(f"label {l}", v) for l, v in lk["labels"].items()] + [(f"  {t}", v) for t, v in lk["targets"].items()]
+    for name, v in groups:
+        d, o = v["vs_composition"], v["order_bits"]
+        out.append(f"  {name:18}{v['rows']:>6}{v['bits_per_residue']:8.3f}{v['composition_bits']:8.3f}  "
+                   f"{_pm(d['difference'], d['se'], signed=True):<17}"
+                   f"{verdict(d['difference'], d['se'], 'beats composition', 'WORSE than composition'):<36}"
+                   f"{_pm(o['difference'], o['se'], signed=True):<17}"
+                   f"{verdict(-o['difference'], o['se'], 'uses residue order', 'PREFERS shuffled peptides')}")
+    if not lk["targets"]:
+        out.append(f"  (no target has {MIN_TARGET_ROWS} held-out rows: no per-target figures)")
+    out += ["", "Samples vs held-out peptides (JS divergence in bits: 0 = same distribution; random_baseline: "
+                "residues and lengths drawn from the same label's training composition and lengths"
+            + ("" if report.get("matched_baseline", True) else ", POOLED: the training file is gone") + "):",
+            f"  {'':24}{'validity':>9}{'unique':>9}{'novel':>9}{'JS comp':>9}{'JS len':>9}"]
     for label, s in report["samples"].items():
         for name in ("model", "random_baseline"):
             m = s[name]
-            out.append(f"  label {label} {name:14}{m['validity']:9.3f}{m['uniqueness']:9.3f}{m['novelty']:9.3f}"
+            out.append(f"  label {label} {name:16}{m['validity']:9.3f}{m['uniqueness']:9.3f}{m['novelty']:9.3f}"
                        f"{m['js_composition']:9.4f}{m['js_length']:9.4f}")
+        c = s["composition_vs_baseline"]
+        out.append(f"  label {label} JS comp, model - baseline {_pm(c['difference'], c['se'], 4, signed=True)}: "
+                   + verdict(c["difference"], c["se"], "samples closer to held-out composition than the baseline",
+                             "samples FARTHER from held-out composition than the baseline"))
+    out += ["", f"K-mer order (frequencies of residue pairs {'/'.join(map(str, PAIR_GAPS))} apart; squared distance "
+                f"to held-out peptides x1e3, unbiased: 0 = same; shuffled: each peptide's residues in random order; "
+                f"gain = shuffled - as is, > 0: order brings the peptides closer; a set without order gains 0):",
+            f"  {'':24}{'distance':>10}{'shuffled':>10}  gain"]
+    for label, s in report["samples"].items():
+        for name, k in s["kmer_order"].items():
+            if k is None:
+                continue
+            out.append(f"  label {label} {name:16}{k['distance'] * 1e3:10.3f}{k['shuffled_distance'] * 1e3:10.3f}  "
+                       f"{_pm(k['gain'] * 1e3, k['gain_se'] * 1e3, signed=True):<17}"
+                       + verdict(-k["gain"], k["gain_se"], "order brings them closer", "order takes them farther"))
     cond = report["conditioning"]
     if "label_js_composition" in cond:
         c = cond["label_js_composition"]
         out += ["", f"Label conditioning: JS(label-1 vs label-0 composition) samples {c['samples']:.4f}, "
                     f"held-out data {c['heldout_data']:.4f}"]
     if cond.get("motifs"):
-        out += ["", "Target conditioning (fraction of samples matching the target's motif; unique and novel: of "
-                    "the target's samples):",
-                f"  {'target':16}{'on target':>10}{'background':>11}{'enrichment':>11}{'unique':>8}{'novel':>8}"
-                f"{'in data':>9}"]
+        out += ["", "Target conditioning: the fraction of peptides carrying the target's motif in the target's "
+                    "samples, "
+                    "a random baseline with the target's training composition and lengths, and background samples; "
+                    "enrichment = target / background; order enr. = rate / rate with each peptide's residues shuffled "
+                    f"({N_SHUFFLES} permutations; about 1 when composition alone makes the motif); specificity = rate "
+                    "in the target's samples / in the other targets' samples; 'data': the target's training peptides; "
+                    "± one SE; unique and novel: of the target's samples",
+                f"  {'target':14}{'rate':>6}{'matched':>8}{'backgr.':>8}{'enrichment':>17}{'order enr.':>17}"
+                f"{'data order enr.':>17}{'specificity':>17}{'data spec.':>17}{'data rate':>10}{'unique':>7}"
+                f"{'novel':>7}"]
         for target, m in cond["motifs"].items():
-            data_rate = f"{m['training_rate']:9.2f}" if m["training_rate"] is not None else f"{'-':>9}"
-            out.append(f"  {target:16}{m['target_rate']:10.3f}{m['background_rate']:11.3f}"
-                       f"{m['enrichment']:11.1f}{m['uniqueness']:8.3f}{m['novelty']:8.3f}{data_rate}")
+            out.append(f"  {target:14}{m['target_rate']:6.3f}{m['baseline_rate']:8.3f}{m['background_rate']:8.3f}"
+                       f"{_pm(m['enrichment'], m['enrichment_se'], 1):>17}"
+                       f"{_pm(m['order_enrichment'], m['order_enrichment_se'], 1):>17}"
+                       f"{_pm(m['training_order_enrichment'], m['training_order_enrichment_se'], 1):>17}"
+                       f"{_pm(m['specificity'], m['specificity_se'], 1):>17}"
+                       f"{_pm(m['training_specificity'], m['training_specificity_se'], 1):>17}"
+                       f"{_pm(m['training_rate'], None, 2):>10}{m['uniqueness']:7.3f}{m['novelty']:7.3f}")
     if "score_auroc" in report:
         out += ["", format_score_auroc(report["score_auroc"])]
     return "\n".join(out)
@@ -2266,7 +2649,7 @@ def plot_evaluation(report: dict, out=None):
     for row, label in zip(axes, labels):
         s = report["samples"][label]
         for k, (key, name) in enumerate([("reference_composition", "held-out data"), ("composition", "samples"),
-                                         ("baseline_composition", "training composition (random floor)")]):
+                                         ("baseline_composition", "random baseline (its training composition)")]):
             row[0].bar(x + (k - 1) * 0.27, s[key], width=0.27, label=name)
         row[0].set_xticks(x, list(RESIDUES))
         row[0].set_title(f"label {label}: amino-acid composition")
@@ -2428,7 +2811,7 @@ def cmd_evaluate(args):
         print(format_guidance_sweep(guidance_sweep(run_dir, args.guidance, **common)))
         log(f"wrote guidance_sweep.json in {run_dir}")
         return
-    report = evaluate(run_dir, guidance=args.guidance[0], **common)
+    report = evaluate(run_dir, guidance=args.guidance[0], n_draws=args.noise_draws, **common)
     plot_evaluation(report)
     print(format_report(report))
     log(f"wrote evaluation.json and evaluation.png in {report['run_dir']}")
@@ -2526,6 +2909,9 @@ def build_parser():
     p.add_argument("--guidance", type=float, nargs="+", default=[DEFAULT_GUIDANCE],
                    help=f"classifier-free guidance (default {DEFAULT_GUIDANCE}); several values print a comparison table")
     p.add_argument("--motifs", default=None, help="motifs JSON (target -> regex); default: the demo's, for demo runs")
+    p.add_argument("--noise-draws", type=int, default=DEFAULT_NOISE_DRAWS,
+                   help=f"noise draws averaged per term of the likelihood bound (default {DEFAULT_NOISE_DRAWS}; "
+                        f"more: smaller error bars, slower)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -96,10 +96,12 @@ def test_evaluate_reports_every_figure_with_its_baseline(trained_run, tmp_path):
     motifs.write_text(json.dumps([{"target": t, "regex": kmers(m)} for t, m in FIXTURE_MOTIFS.items()]))
     report = mc.evaluate(trained_run, n_samples=200, n_per_target=100, motifs=motifs)
     assert json.loads((trained_run / "evaluation.json").read_text())["guidance"] == report["guidance"]
+    assert report["likelihood"]["uniform_bits"] == pytest.approx(math.log2(20))
     for label in ("0", "1"):
-        lk = report["likelihood"][label]
-        assert lk["uniform_bits"] == pytest.approx(math.log2(20))
-        assert 3.0 < lk["composition_bits"] < lk["uniform_bits"] and lk["bits_per_residue"] > 0
+        lk = report["likelihood"]["labels"][label]
+        assert 3.0 < lk["composition_bits"] < report["likelihood"]["uniform_bits"] and lk["bits_per_residue"] > 0
+        assert lk["vs_composition"]["difference"] == pytest.approx(lk["bits_per_residue"] - lk["composition_bits"])
+        assert 0 < lk["vs_composition"]["se"] < 0.5 and 0 < lk["order_bits"]["se"] < 0.5
         s = report["samples"][label]
         assert s["model"]["n"] == s["random_baseline"]["n"] == 200 and s["model"]["validity"] == 1.0
     assert set(report["conditioning"]["motifs"]) == set(FIXTURE_MOTIFS)
@@ -107,7 +109,10 @@ def test_evaluate_reports_every_figure_with_its_baseline(trained_run, tmp_path):
     assert all(m["training_rate"] == 1.0 for m in rates)
     assert sum(m["target_rate"] for m in rates) > 2 * sum(m["background_rate"] for m in rates) + 0.05
     text = mc.format_report(report)
-    assert "beat amino-acid composition" in text and "random_baseline" in text and "Q22222" in text
+    likelihood = text.split("\n\n")[1].splitlines()
+    verdicts = [line for line in likelihood if line.startswith("  label ")
+                and any(v in line for v in ("beats composition", "WORSE than composition", "not distinguishable"))]
+    assert len(verdicts) == 2 and "random_baseline" in text and "Q22222" in text and "order enr." in text
     fig = mc.plot_evaluation(report, out=tmp_path / "eval.png")
     assert (tmp_path / "eval.png").stat().st_size > 10_000 and len(fig.axes) == 4
 
