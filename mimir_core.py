@@ -745,6 +745,11 @@ class Residues:
         self.shape = pad_mask.shape
         self.index = pad_mask.flatten().nonzero().squeeze(1) if packed else None    # (N,) flat positions
 
+    def positions(self, device):                        # each row's place in its peptide: (N,) or (B, L)
+        if self.index is None:
+            return torch.arange(self.shape[1], device=device).expand(self.shape)
+        return self.index % self.shape[1]
+
     def pack(self, h):                                  # (B, L, D) -> (N, D) residue rows
         return h if self.index is None else h.flatten(0, 1).index_select(0, self.index)
 
@@ -755,19 +760,21 @@ class Residues:
         return grid.view(*self.shape, h.shape[-1])
 
 
-def rotary_tables(length: int, head_dim: int, device):
-    """cos and sin (L, head_dim / 2) of rotary position embeddings (Su et al. 2021): rotating query and
-    key pairs by an angle proportional to the position makes their dot product depend on the offset
-    between two residues only, so a motif learned at one offset is recognised at every other."""
-    freqs = 10_000 ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
-    angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * freqs[None]
-    return angles.cos(), angles.sin()
+def rotary_angles(positions, head_dim: int):
+    """e^(i * angle) (..., head_dim / 2) of rotary position embeddings (Su et al. 2021) at integer
+    positions (...): rotating each pair of query and key features by an angle proportional to the
+    position makes their dot product depend on the offset between two residues only, so a motif learned
+    at one offset is recognised at every other."""
+    freqs = 10_000 ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions[..., None].float() * freqs
+    return torch.polar(torch.ones_like(angles), angles)
 
 
-def rotate(x, cos, sin):
-    """Rotary embedding of x (B, H, L, head_dim): each (first half, second half) pair turned by its angle."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+def rotate(x, turn):
+    """x (..., head_dim) with each pair of neighbouring features turned by `turn` (complex, broadcast over
+    (..., head_dim / 2)): one complex product, the cheapest form on the CPU."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * turn).flatten(-2).type_as(x)
 
 
 class SelfAttention(nn.Module):
@@ -777,14 +784,17 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x, attn_mask, res: Residues, rope=None):
-        """x: residue rows; attn_mask: (B, 1, 1, L), True = attend; rope: rotary (cos, sin) or None."""
+    def forward(self, x, attn_mask, res: Residues, turn=None):
+        """x: residue rows (N, D) or (B, L, D); attn_mask: (B, 1, 1, L), True = attend; turn: each row's
+        rotary angles (N or B, L, head_dim / 2), or None for no rotary attention."""
         B, L = res.shape
         D = x.shape[-1]
-        qkv = res.unpack(self.qkv(x)).view(B, L, 3, self.n_heads, D // self.n_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)            # (B, H, L, D / H) each
-        if rope is not None:
-            q, k = rotate(q, *rope), rotate(k, *rope)
+        qkv = self.qkv(x)
+        qk, v = qkv[..., :2 * D], qkv[..., 2 * D:]
+        if turn is not None:                            # rotated on residue rows, before the grid
+            qk = rotate(qk.unflatten(-1, (2, self.n_heads, -1)), turn[..., None, None, :]).flatten(-3)
+        q, k = res.unpack(qk).view(B, L, 2, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        v = res.unpack(v).view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2)    # (B, H, L, D / H)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.proj(res.pack(y.transpose(1, 2).reshape(B, L, D)))
@@ -797,8 +807,8 @@ class Block(nn.Module):
         self.attn = SelfAttention(dim, n_heads, dropout)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
 
-    def forward(self, x, attn_mask, res: Residues, rope=None):
-        x = x + self.attn(self.ln1(x), attn_mask, res, rope)
+    def forward(self, x, attn_mask, res: Residues, turn=None):
+        x = x + self.attn(self.ln1(x), attn_mask, res, turn)
         return x + self.mlp(self.ln2(x))
 
 
@@ -850,10 +860,10 @@ class X0Transformer(nn.Module):
             to_cterm = (pad_mask.sum(1, keepdim=True) - 1 - pos[None]).clamp_min(0)
             h = h + self.cterm_emb(to_cterm)
         h = res.pack(h)
-        rope = rotary_tables(xt.shape[1], self.head_dim, xt.device) if self.rotary else None
+        turn = rotary_angles(res.positions(xt.device), self.head_dim) if self.rotary else None
         attn_mask = pad_mask[:, None, None, :]                      # residues never attend to PAD
         for block in self.blocks:
-            h = block(h, attn_mask, res, rope)
+            h = block(h, attn_mask, res, turn)
         return res.unpack(self.head(self.ln_f(h)))                  # (B, L, K); PAD positions hold 0
 
 
