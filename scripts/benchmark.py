@@ -117,8 +117,9 @@ def profile_step(trainer, idx) -> dict:
 
 def bench_preset(name: str, rows: Rows, device, steps: int, warmup: int) -> dict:
     """A Trainer of preset `name` at batch 256: set-up time, median step time after warm-up (on the CPU
-    also with PAD rows computed, as on a GPU), FLOPs of a step as executed and padded, operators and
-    syncs, peak memory."""
+    also with PAD rows computed, as on a GPU), the step of the plain model (no rotary attention, no
+    C-terminal embedding) alternating with the full one so both see the same machine load, FLOPs of a
+    step as executed and padded, operators and syncs, peak memory."""
     cfg = make_config(name, device=str(device), batch_size=BENCH_BATCH)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -132,7 +133,13 @@ def bench_preset(name: str, rows: Rows, device, steps: int, warmup: int) -> dict
         step = lambda: trainer.train_step(*trainer.train_data.batch(next(batches)))
         for _ in range(warmup):
             step()
-        times = [_timed(step, trainer.device) for _ in range(steps)]
+        times, plain_times = [], []
+        model, cterm_emb = trainer.model, trainer.model.cterm_emb
+        for _ in range(steps):
+            times.append(_timed(step, trainer.device))
+            model.rotary, model.cterm_emb = False, None  # the plain model: absolute positions only
+            plain_times.append(_timed(step, trainer.device))
+            model.rotary, model.cterm_emb = cfg.rotary, cterm_emb
         trainer.model.pack_residues = False             # the same step computing PAD rows, as a GPU does
         padded_times = [_timed(step, trainer.device) for _ in range(steps)] if device.type == "cpu" else times
         flops = {}
@@ -143,7 +150,7 @@ def bench_preset(name: str, rows: Rows, device, steps: int, warmup: int) -> dict
             flops[packed] = counter.get_total_flops()
         trainer.model.pack_residues = None
         out = {"params": count_params(trainer.model), "setup_s": setup, "step_s": float(np.median(times)),
-               "padded_step_s": float(np.median(padded_times)),
+               "padded_step_s": float(np.median(padded_times)), "plain_step_s": float(np.median(plain_times)),
                "flops": flops[None], "padded_flops": flops[False], **profile_step(trainer, next(batches))}
         del trainer, step
     out["peak_bytes"] = peak_memory(device)
@@ -238,6 +245,8 @@ def format_benchmark(r: dict) -> str:
             syncs += f" (+ {p['optimizer_counter_reads']} reads of AdamW step counters kept in host memory)"
         rows += [(f"{name} ({p['params'] / 1e6:.2f}M params): training step", _secs(p["step_s"]),
                   _secs(ref) if ref else "", speedup(p["step_s"], ref) if ref else ""),
+                 (f"{name}: the same step without rotary attention and C-terminal embedding",
+                  _secs(p["plain_step_s"]), "", f"{p['step_s'] / p['plain_step_s']:.2f}x the cost of the plain step"),
                  *([(f"{name}: the same step computing PAD rows (as on a GPU)", _secs(p["padded_step_s"]), "",
                      f"{p['padded_step_s'] / p['step_s']:.2f}x from skipping them")] if not gpu else []),
                  (f"{name}: samples/s; epoch of 1,000,000 rows", f"{_si(BENCH_BATCH / p['step_s'])}; "

@@ -48,8 +48,11 @@ def test_prints_and_writes_the_same_table_with_every_row(result):
     for name in ("tiny", "small"):
         for what in ("the same step computing PAD rows (as on a GPU)", "samples/s; epoch of 1,000,000 rows",
                      "FLOPs per step (executed; padded)", "achieved FLOP/s",
-                     "operators per step", "host syncs per step", "peak memory"):
+                     "operators per step", "host syncs per step", "peak memory",
+                     "the same step without rotary attention and C-terminal embedding"):
             assert f"{name}: {what}" in rows
+        plain = rows[f"{name}: the same step without rotary attention and C-terminal embedding"]
+        assert re.fullmatch(r"\d+\.\d\dx the cost of the plain step", plain[2]), plain
     assert "load + validate + tokenize 5,000 rows" in rows and "data path share of a small step" in rows
     small_step = next(k for k in rows if k.startswith("small (") and k.endswith("training step"))
     assert rows[small_step][1] == "176.0 ms" and re.fullmatch(r"\d+\.\d\dx", rows[small_step][2])
