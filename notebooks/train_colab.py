@@ -226,14 +226,15 @@ display(Image(str(run_dir / "convergence.png")))
 # ## 7. Samples
 # Peptides for three conditions side by side: interacting with any target, interacting with `TARGET`
 # (empty: the first target of the data), and background. Change `TARGET`, `MIN_LENGTH` and `MAX_LENGTH`
-# to ask for other peptides. `GUIDANCE` > 0 pushes harder toward the condition (classifier-free
-# guidance; 0 is plain conditional sampling).
+# to ask for other peptides. `GUIDANCE` 0 (the default) samples what the model learned for the condition;
+# a value above 0 (classifier-free guidance) pushes further toward it, and exaggerates what sets the
+# condition apart (charge, hydrophobicity) beyond what the data show.
 
 # %%
 TARGET = ""  # @param {type:"string"}
 MIN_LENGTH = 8  # @param {type:"integer"}
 MAX_LENGTH = 12  # @param {type:"integer"}
-GUIDANCE = 2.0  # @param {type:"number"}
+GUIDANCE = 0.0  # @param {type:"number"}
 
 model = mc.load_run(run_dir)
 print(mc.sample_table(model, target=TARGET or model.vocab.targets[0], n=10, min_length=MIN_LENGTH,
