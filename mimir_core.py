@@ -2195,9 +2195,11 @@ def load_motifs(path=DEMO_MOTIFS) -> dict:
 def evaluation_split(run: Run, data=None) -> tuple[Rows, Rows | None]:
     """(held-out rows, training rows): the run's own split of its data, or all of `data` held out when
     it is another file (the training rows then come from the run's data, when that file is still there).
-    A file with letters the model never saw is refused: it could neither score nor compare them."""
+    A file with letters the model never saw is refused: it could neither score nor compare them. The run's
+    own data are read as training read them (without the rows it skipped, when it was told to skip)."""
     train_path = run.cfg.data or str(DEMO_DATA)
-    rows = load_rows(data or train_path)
+    skipped = run.stats.get("skip_invalid", False)
+    rows = load_rows(data) if data else load_rows(train_path, skip_invalid=skipped)
     if data:
         foreign = re.compile(f"[^{run.vocab.letters}]")
         problems = [(line, f"letter '{bad.group()}' at position {bad.start() + 1} is not in this model's "
@@ -2207,7 +2209,7 @@ def evaluation_split(run: Run, data=None) -> tuple[Rows, Rows | None]:
             raise DataError(summarize_problems(rows.path, problems) + "\nRemove these rows (or evaluate a model "
                             "trained on data with these letters).")
     if data and Path(data).resolve() != Path(train_path).resolve():
-        train_rows = load_rows(train_path) if Path(train_path).exists() else None
+        train_rows = load_rows(train_path, skip_invalid=skipped) if Path(train_path).exists() else None
         if train_rows is not None:
             train_rows = subset_rows(train_rows, split_indices(train_rows, run.cfg.val_fraction)[0])
         val = rows

@@ -142,15 +142,12 @@ class Session:
             nb.cells.insert(train, nbformat.v4.new_code_cell(KILL.format(step=self.kill_at_step)))
         return nb
 
-    def run_all(self, run_before=None, **settings) -> "Result":
-        """Runtime > Run all: the cells in order, stopping at the first error. run_before: Runtime > Run
-        before, up to the first cell that holds this text."""
+    def run_all(self, **settings) -> "Result":
+        """Runtime > Run all: the cells in order, stopping at the first error."""
         nb = self.notebook(settings)
         self.client.nb = nb
         texts, error = [], None
         for index, cell in enumerate(nb.cells):
-            if run_before and run_before in cell.source:
-                break
             if cell.cell_type != "code":
                 continue
             try:
@@ -237,8 +234,7 @@ def test_clone_and_csv_uploads(colab, user_files):
         assert bad.error == "DataError" and "3 problem(s) in 3 line(s)" in bad.text, bad
         assert "1 x label '...' is not 0 or 1" in bad.text and "1 x length N outside 4-20" in bad.text
         assert "tick SKIP_INVALID in the Settings" in bad.text and no_flags(bad.text)
-        skipped = session.run_all(REPO_URL=user_files["repo_url"], DATA_SOURCE="upload", SKIP_INVALID=True,
-                                  run_before="mc.evaluate(")
+        skipped = session.run_all(REPO_URL=user_files["repo_url"], DATA_SOURCE="upload", SKIP_INVALID=True)
         assert skipped.error is None, skipped
         assert "Skipping 3 problem(s)" in skipped.text
         colab.queue_uploads([user_files["good"]])
