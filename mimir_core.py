@@ -2105,6 +2105,48 @@ def kmer_order(samples, reference) -> dict:
             "gain": gain, "gain_se": math.sqrt(max(var, 0.0))}
 
 
+# --- caricature: does a condition's samples differ from background as much as its data do? --------
+
+# Per-residue scales over RESIDUES: net charge at pH 7 (K, R +1; D, E -1; H mostly uncharged) and
+# Kyte-Doolittle hydropathy. A peptide's charge is the sum over its residues, its hydropathy the mean.
+PROPERTY_SCALES = {
+    "net charge": (dict(K=1.0, R=1.0, D=-1.0, E=-1.0), False),
+    "hydropathy": (dict(A=1.8, R=-4.5, N=-3.5, D=-3.5, C=2.5, Q=-3.5, E=-3.5, G=-0.4, H=-3.2, I=4.5, L=3.8, K=-3.9,
+                        M=1.9, F=2.8, P=-1.6, S=-0.8, T=-0.7, W=-0.9, Y=-1.3, V=4.2), True),
+}
+
+
+def peptide_property(sequences, name: str) -> np.ndarray:
+    """(N,) each peptide's value of a PROPERTY_SCALES property (letters outside RESIDUES count 0)."""
+    scale, per_residue = PROPERTY_SCALES[name]
+    values = residue_counts(sequences) @ np.array([scale.get(c, 0.0) for c in RESIDUES])
+    return values / np.maximum([len(s) for s in sequences], 1) if per_residue else values
+
+
+def mean_gap(a: np.ndarray, b: np.ndarray) -> tuple[float, float | None]:
+    """mean(a) - mean(b) of two independent sets, and its standard error (None below 2 values a set)."""
+    se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)) if min(len(a), len(b)) > 1 else None
+    return float(a.mean() - b.mean()), se
+
+
+def property_gaps(samples: dict, data: dict) -> dict:
+    """Per property: the label-1 minus label-0 gap of the samples' means and of the data's, each with its SE,
+    and `excess` = (samples' gap - data's gap) signed so that > 0 means the samples exaggerate the data's
+    gap (same direction, larger); ratio = samples' gap / data's gap. Guidance that pushes a condition away
+    from the unconditional model makes such a caricature: charge or hydropathy beyond the data's."""
+    out = {}
+    for name in PROPERTY_SCALES:
+        value = lambda sets, label: peptide_property(sets[label], name)
+        gap, gap_se = mean_gap(value(samples, 1), value(samples, 0))
+        data_gap, data_se = mean_gap(value(data, 1), value(data, 0))
+        direction = 1.0 if data_gap >= 0 else -1.0
+        out[name] = {"samples_gap": gap, "samples_gap_se": gap_se, "data_gap": data_gap, "data_gap_se": data_se,
+                     "ratio": gap / data_gap if data_gap else None,
+                     "excess": direction * (gap - data_gap),
+                     "excess_se": math.hypot(gap_se, data_se) if None not in (gap_se, data_se) else None}
+    return out
+
+
 # --- baselines: each condition's own training composition -----------------------------------
 
 COMPOSITION_PRIOR = 20          # pseudo-residues: a target's composition leans on its label's by this weight
@@ -2222,7 +2264,7 @@ def evaluation_split(run: Run, data=None) -> tuple[Rows, Rows | None]:
     return val, train_rows
 
 
-MIN_TARGET_ROWS = 20            # held-out rows a target needs for likelihood figures of its own
+MIN_TARGET_ROWS = 5             # held-out rows a target needs for likelihood figures of its own (with their SE)
 DEFAULT_NOISE_DRAWS = 16         # on the demo, label 1's paired SE: about 0.07 bits with 1 draw, 0.02 with 16
 
 
@@ -2304,12 +2346,14 @@ def sampling_report(run: Run, val: Rows, train_rows: Rows | None, n_samples: int
     for the samples, the baseline and the training peptides. Conditioning: label-1 vs label-0
     composition distance and, for each motif target, the motif's rate in the target's samples, in a
     baseline matched to the target, in background samples, its order enrichment and its specificity,
-    each beside the same figure for the target's training peptides."""
+    each beside the same figure for the target's training peptides; and property_gaps, the label-1 vs
+    label-0 gaps in charge and hydropathy of the samples beside the training peptides'."""
     train_set = set(train_rows.sequences) if train_rows else set()
     comps = baseline_compositions(run, train_rows)
     rng = np.random.default_rng(seed)
     reference = {l: [s for s, x in zip(val.sequences, val.labels.tolist()) if x == l] for l in (0, 1)}
-    samples, report = {}, {"matched_baseline": comps["matched"], "samples": {}, "conditioning": {}}
+    samples, training_sets = {}, {}
+    report = {"matched_baseline": comps["matched"], "samples": {}, "conditioning": {}}
     for label in (0, 1):
         if not reference[label]:
             continue
@@ -2319,7 +2363,7 @@ def sampling_report(run: Run, val: Rows, train_rows: Rows | None, n_samples: int
         kmer_reference = [reference[label][i] for i in heldout_subset(len(reference[label]), max_rows)]
         training = [s for s, x in zip(train_rows.sequences, train_rows.labels.tolist()) if x == label] \
             if train_rows else []
-        training = [training[i] for i in rng.permutation(len(training))[:n_samples]]
+        training = training_sets[label] = [training[i] for i in rng.permutation(len(training))[:n_samples]]
         report["samples"][str(label)] = {
             "model": sample_metrics(samples[label], reference[label], train_set),
             "random_baseline": sample_metrics(baseline, reference[label], train_set),
@@ -2335,6 +2379,9 @@ def sampling_report(run: Run, val: Rows, train_rows: Rows | None, n_samples: int
         js = lambda a, b: js_divergence(composition(a) + 1e-12, composition(b) + 1e-12)
         report["conditioning"]["label_js_composition"] = {"samples": js(samples[1], samples[0]),
                                                           "heldout_data": js(reference[1], reference[0])}
+        data = training_sets if all(len(training_sets[l]) > 1 for l in (0, 1)) else reference
+        report["conditioning"]["property_gaps"] = {**property_gaps(samples, data),
+                                                   "data": "training" if data is training_sets else "held-out"}
     report["conditioning"]["motifs"] = motif_report(run, samples.get(0), train_rows, comps, n_samples, n_per_target,
                                                     seed, guidance, motifs)
     return report
@@ -2537,13 +2584,33 @@ def _pm(value, se, digits: int = 3, signed: bool = False) -> str:
     return text + (f" ± {se:.{digits}f}" if se is not None else "")
 
 
+MOTIF_MEDIANS = ("target_rate", "baseline_rate", "background_rate", "enrichment", "order_enrichment",
+                 "training_order_enrichment", "uniqueness", "novelty")
+
+
+def motif_summary(motifs: dict) -> dict:
+    """A sampling report's motif conditioning (conditioning["motifs"]) over its targets: the median of each
+    MOTIF_MEDIANS figure (None where no target has it), and how many targets have their motif enriched over
+    background more than 2x and 5x, and written in order (rate above the shuffled rate by more than 2 SE)."""
+    out = {"targets": len(motifs)}
+    for key in MOTIF_MEDIANS:
+        values = [t[key] for t in motifs.values() if t[key] is not None]
+        out[key] = float(np.median(values)) if values else None
+    for fold in (2, 5):
+        out[f"enriched_{fold}x"] = sum((t["enrichment"] or 0) > fold for t in motifs.values())
+    out["in_order"] = sum(verdict(-t["order_gain"], t["order_gain_se"], "yes", "no") == "yes" for t in motifs.values())
+    return out
+
+
 def format_guidance_sweep(reports: list) -> str:
     """One row per guidance value: label-1 sample quality beside the matched baseline's, k-mer order
-    gain, then motif conditioning over targets (medians of rates and ratios; the data's beside)."""
+    gain, then motif conditioning over targets (motif_summary: medians and counts; the data's beside), then
+    the label-1 vs label-0 gaps in charge and hydropathy as a multiple of the training data's (1: as the data)."""
     out = ["| guidance | label-1 valid | unique | novel | JS comp | baseline JS comp | k-mer order gain x1e3 "
            "| motif rate on target | matched baseline | in background | targets enriched >2x "
            "| order enrichment | data's order enrichment | targets in order (rate > shuffled by 2 SE) "
-           "| target samples unique | novel |", "|---" * 16 + "|"]
+           "| target samples unique | novel | charge gap / data's | hydropathy gap / data's |", "|---" * 18 + "|"]
+    number = lambda v: "-" if v is None else f"{v:.2f}"
     for r in reports:
         s = r["samples"].get("1", {})
         m = s.get("model")
@@ -2551,14 +2618,17 @@ def format_guidance_sweep(reports: list) -> str:
         cells.append(f"{s['random_baseline']['js_composition']:.3f}" if m else "-")
         k = s.get("kmer_order", {}).get("model")
         cells.append(_pm(k["gain"] * 1e3, k["gain_se"] * 1e3, 2, signed=True) if k else "-")
-        motifs = list(r["conditioning"].get("motifs", {}).values())
-        median = lambda key: f"{np.median([t[key] for t in motifs if t[key] is not None]):.2f}" \
-            if any(t[key] is not None for t in motifs) else "-"
-        ordered = sum(verdict(-t["order_gain"], t["order_gain_se"], "yes", "no") == "yes" for t in motifs)
-        cells += [median("target_rate"), median("baseline_rate"), median("background_rate"),
-                  f"{sum((t['enrichment'] or 0) > 2 for t in motifs)}/{len(motifs)}" if motifs else "-",
-                  median("order_enrichment"), median("training_order_enrichment"),
-                  f"{ordered}/{len(motifs)}" if motifs else "-", median("uniqueness"), median("novelty")]
+        motifs = r["conditioning"].get("motifs", {})
+        if motifs:
+            t = motif_summary(motifs)
+            cells += [number(t["target_rate"]), number(t["baseline_rate"]), number(t["background_rate"]),
+                      f"{t['enriched_2x']}/{t['targets']}", number(t["order_enrichment"]),
+                      number(t["training_order_enrichment"]), f"{t['in_order']}/{t['targets']}",
+                      number(t["uniqueness"]), number(t["novelty"])]
+        else:
+            cells += ["-"] * 9
+        gaps = r["conditioning"].get("property_gaps", {})
+        cells += [number(gaps.get(p, {}).get("ratio")) for p in PROPERTY_SCALES]
         out.append(f"| {r['guidance']:g} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -2617,6 +2687,18 @@ def format_report(report: dict) -> str:
         c = cond["label_js_composition"]
         out += ["", f"Label conditioning: JS(label-1 vs label-0 composition) samples {c['samples']:.4f}, "
                     f"held-out data {c['heldout_data']:.4f}"]
+    if "property_gaps" in cond:
+        gaps = cond["property_gaps"]
+        out += [f"  label-1 minus label-0 mean, samples beside the {gaps['data']} peptides (excess > 0: the samples "
+                f"exaggerate the data's gap, a caricature of the condition):"]
+        for name in PROPERTY_SCALES:
+            g = gaps[name]
+            ratio = f"{g['ratio']:.2f}x" if g["ratio"] is not None else "-"
+            out.append(f"  {name:12} samples {_pm(g['samples_gap'], g['samples_gap_se'], signed=True):<17}"
+                       f"data {_pm(g['data_gap'], g['data_gap_se'], signed=True):<17}ratio {ratio:<8}"
+                       f"excess {_pm(g['excess'], g['excess_se'], signed=True):<17}"
+                       + verdict(g["excess"], g["excess_se"], "samples understate the data's gap",
+                                 "samples EXAGGERATE the data's gap"))
     if cond.get("motifs"):
         out += ["", "Target conditioning: the fraction of peptides carrying the target's motif in the target's "
                     "samples, "

@@ -113,6 +113,10 @@ def test_evaluate_reports_every_figure_with_its_baseline(trained_run, tmp_path):
     verdicts = [line for line in likelihood if line.startswith("  label ")
                 and any(v in line for v in ("beats composition", "WORSE than composition", "not distinguishable"))]
     assert len(verdicts) == 2 and "random_baseline" in text and "Q22222" in text and "order enr." in text
+    gaps = report["conditioning"]["property_gaps"]
+    assert gaps["data"] == "training" and set(gaps) == {"data", *mc.PROPERTY_SCALES}
+    for name in mc.PROPERTY_SCALES:
+        assert gaps[name]["excess_se"] > 0 and f"  {name} " in text
     fig = mc.plot_evaluation(report, out=tmp_path / "eval.png")
     assert (tmp_path / "eval.png").stat().st_size > 10_000 and len(fig.axes) == 4
 
@@ -128,6 +132,28 @@ def test_guidance_sweep_compares_settings_under_one_seed(trained_run, tmp_path):
     assert plain["conditioning"]["motifs"] == reports[0]["conditioning"]["motifs"]     # same seed, same samples
     for m in reports[1]["conditioning"]["motifs"].values():
         assert 0 < m["uniqueness"] <= 1 and 0 <= m["novelty"] <= 1
+    assert all(set(r["conditioning"]["property_gaps"]) > set(mc.PROPERTY_SCALES) for r in reports)
     table = mc.format_guidance_sweep(reports).splitlines()
     assert table[0].startswith("| guidance |") and table[2].startswith("| 0 |") and table[3].startswith("| 2 |")
     assert all(row.count("|") == table[0].count("|") for row in table)
+
+
+def test_charge_and_hydropathy_of_hand_made_peptides():
+    assert mc.peptide_property(["KKDA", "RRRE", "AAAA"], "net charge").tolist() == [1.0, 2.0, 0.0]
+    assert mc.peptide_property(["IIII", "IR", "XI"], "hydropathy") == pytest.approx([4.5, 0.0, 2.25])
+
+
+def test_property_gaps_tell_a_caricature_from_a_faithful_condition():
+    rng = np.random.default_rng(0)
+    peptides = lambda letters, n: ["".join(rng.choice(list(letters), size=10)) for _ in range(n)]
+    data = {1: peptides("KAAAAG", 400), 0: peptides("AAAAAG", 400)}          # label 1: about +1.7 charge
+    faithful = {1: peptides("KAAAAG", 400), 0: peptides("AAAAAG", 400)}
+    caricature = {1: peptides("KKKAAG", 400), 0: peptides("AAAAAG", 400)}   # three times the data's gap
+    same = mc.property_gaps(faithful, data)["net charge"]
+    assert same["data_gap"] == pytest.approx(10 / 6, abs=0.15) and same["ratio"] == pytest.approx(1.0, abs=0.15)
+    assert abs(same["excess"]) < 2 * same["excess_se"]
+    pushed = mc.property_gaps(caricature, data)["net charge"]
+    assert pushed["ratio"] == pytest.approx(3.0, abs=0.3) and pushed["excess"] > 10 * pushed["excess_se"]
+    assert "EXAGGERATE" in mc.verdict(pushed["excess"], pushed["excess_se"], "understate", "EXAGGERATE")
+    flipped = mc.property_gaps({1: caricature[0], 0: caricature[1]}, {1: data[0], 0: data[1]})["net charge"]
+    assert flipped["excess"] == pytest.approx(pushed["excess"])          # a negative gap, exaggerated, is > 0 too
