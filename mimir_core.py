@@ -18,6 +18,7 @@ diffusion runs over its residues only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import difflib
@@ -239,6 +240,22 @@ def autocast(device: torch.device):
     the logits (losses, posteriors, sampling) runs in fp32."""
     dtype = amp_dtype(device)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+@contextlib.contextmanager
+def full_precision(device: torch.device):
+    """fp32 with TF32 matmuls off, for the likelihood bound and scores: they must not depend on the batch a
+    peptide is scored in, and bf16 logits (or TF32 products) move a peptide's bound by hundredths of a bit
+    with the batch's shape. Autocast is simply not entered; this only switches TF32 off on CUDA."""
+    if device.type != "cuda":
+        yield
+        return
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def runtime_info(device: str = "auto") -> str:
@@ -1823,7 +1840,8 @@ def heldout_bound_nats(run: Run, x0, label, target_id, generator=None, batch_siz
     With n_draws > 1 the step terms are averaged over that many draws of the x_t. With a seed the x_t come
     from peptide_noise instead of `generator`: a sequence's bound then depends on nothing but the seed
     and the sequence (not on the other rows or their order), and two calls under other labels or
-    targets see the same x_t, so the noise common to both cancels in their difference."""
+    targets see the same x_t, so the noise common to both cancels in their difference. The model runs in
+    full precision (full_precision), so a bound does not move with the batch on a GPU either."""
     d, dev = run.diffusion, run.device
     out = []
     for start in range(0, x0.shape[0], batch_size):
@@ -1840,7 +1858,7 @@ def heldout_bound_nats(run: Run, x0, label, target_id, generator=None, batch_siz
             for t in range(1, d.T + 1):
                 t_b = torch.full((B,), t, device=dev)
                 xt, xtr = d.q_sample(xb, t_b, generator, None if noise is None else noise[:, t - 1])
-                with autocast(dev):
+                with full_precision(dev):
                     logits = run.model(xt, t_b, lb, tb)
                 _, vb = d.ce_and_vb(logits.float(), x0r, xtr, t_b)
                 steps += (vb * pad_mask).sum(-1)
@@ -2142,6 +2160,8 @@ def property_gaps(samples: dict, data: dict) -> dict:
         direction = 1.0 if data_gap >= 0 else -1.0
         out[name] = {"samples_gap": gap, "samples_gap_se": gap_se, "data_gap": data_gap, "data_gap_se": data_se,
                      "ratio": gap / data_gap if data_gap else None,
+                     "ratio_se": abs(gap / data_gap) * math.hypot(gap_se / gap, data_se / data_gap)
+                     if data_gap and gap and None not in (gap_se, data_se) else None,
                      "excess": direction * (gap - data_gap),
                      "excess_se": math.hypot(gap_se, data_se) if None not in (gap_se, data_se) else None}
     return out
@@ -2693,9 +2713,9 @@ def format_report(report: dict) -> str:
                 f"exaggerate the data's gap, a caricature of the condition):"]
         for name in PROPERTY_SCALES:
             g = gaps[name]
-            ratio = f"{g['ratio']:.2f}x" if g["ratio"] is not None else "-"
             out.append(f"  {name:12} samples {_pm(g['samples_gap'], g['samples_gap_se'], signed=True):<17}"
-                       f"data {_pm(g['data_gap'], g['data_gap_se'], signed=True):<17}ratio {ratio:<8}"
+                       f"data {_pm(g['data_gap'], g['data_gap_se'], signed=True):<17}"
+                       f"ratio {_pm(g['ratio'], g['ratio_se'], 2):<13}"
                        f"excess {_pm(g['excess'], g['excess_se'], signed=True):<17}"
                        + verdict(g["excess"], g["excess_se"], "samples understate the data's gap",
                                  "samples EXAGGERATE the data's gap"))

@@ -2,7 +2,7 @@
 order-aware model off or on, evaluate every run, and print one table (BENCHMARKS.md shows it).
 
     python scripts/ablation.py [--variants plain,rotary,...] [--device auto|cpu|cuda] [--epochs N]
-                               [--checkpoint-dir checkpoints/ablation] [--out MD] [--table-only]
+                               [--seeds 0,1,...] [--checkpoint-dir checkpoints/ablation] [--out MD] [--table-only]
 
 Each variant is `mimir_core.py train --preset small` with the settings below, then `evaluate` at its
 defaults. A finished run is not trained again and an existing evaluation.json is read, not redone, so
@@ -37,18 +37,18 @@ VARIANTS = {
 }
 
 
-def run_name(variant: str) -> str:
-    return "ablation_" + "".join(c if c.isalnum() else "_" for c in variant)
+def run_name(variant: str, seed: int = 0) -> str:
+    return "ablation_" + "".join(c if c.isalnum() else "_" for c in variant) + (f"_seed{seed}" if seed else "")
 
 
-def train_and_evaluate(variant: str, checkpoint_dir: Path, device: str, epochs: int | None) -> dict:
-    run_dir = mc.run_dir_for(run_name(variant), checkpoint_dir)
-    cfg = mc.make_config("small", device=device, epochs=epochs, **VARIANTS[variant])
+def train_and_evaluate(variant: str, checkpoint_dir: Path, device: str, epochs: int | None, seed: int = 0) -> dict:
+    run_dir = mc.run_dir_for(run_name(variant, seed), checkpoint_dir)
+    cfg = mc.make_config("small", device=device, epochs=epochs, seed=seed, **VARIANTS[variant])
     mc.log(f"== {variant}: {run_dir}")
     mc.train(cfg, run_dir, resume=True, progress=False, verbose=True)
     if not (run_dir / "evaluation.json").exists():
         mc.evaluate(run_dir, device=device)
-    return summarize(variant, run_dir)
+    return summarize(variant + (f" (seed {seed})" if seed else ""), run_dir)
 
 
 def summarize(variant: str, run_dir: Path) -> dict:
@@ -98,6 +98,7 @@ def main(argv=None):
                    help="comma-separated names from: " + ", ".join(VARIANTS))
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--epochs", type=int, default=None, help="override the preset's 20 epochs (a quick look)")
+    p.add_argument("--seeds", default="0", help="comma-separated training seeds, a run of each variant for each")
     p.add_argument("--checkpoint-dir", default="checkpoints/ablation")
     p.add_argument("--out", default=None, help="also write the table to this Markdown file")
     p.add_argument("--table-only", action="store_true",
@@ -108,14 +109,15 @@ def main(argv=None):
     if unknown:
         p.error(f"unknown variant(s) {unknown}; choose from: {', '.join(VARIANTS)}")
     folder = Path(args.checkpoint_dir)
+    grid = [(v, int(seed)) for v in names for seed in args.seeds.split(",")]
     try:
         if args.table_only:
-            done = [v for v in names if (mc.run_dir_for(run_name(v), folder) / "evaluation.json").exists()]
-            if len(done) < len(names):
-                mc.log(f"not evaluated yet, left out: {', '.join(v for v in names if v not in done)}")
-            rows = [summarize(v, mc.run_dir_for(run_name(v), folder)) for v in done]
+            done = [(v, seed) for v, seed in grid if (folder / run_name(v, seed) / "evaluation.json").exists()]
+            if len(done) < len(grid):
+                mc.log(f"not evaluated yet, left out: {', '.join(run_name(*g) for g in grid if g not in done)}")
+            rows = [summarize(v + (f" (seed {seed})" if seed else ""), folder / run_name(v, seed)) for v, seed in done]
         else:
-            rows = [train_and_evaluate(v, folder, args.device, args.epochs) for v in names]
+            rows = [train_and_evaluate(v, folder, args.device, args.epochs, seed) for v, seed in grid]
     except mc.DataError as e:
         mc.log(f"error: {e}")
         sys.exit(2)

@@ -12,7 +12,7 @@ from conftest import FIXTURE_MOTIFS
 
 @pytest.fixture(scope="module")
 def run(trained_run):
-    return mc.load_run(trained_run)
+    return mc.load_run(trained_run, device="cpu")      # the sums by hand below run on the CPU
 
 
 def brute_force_kl(Q, Qbar, x0r, xtr, t, p0):

@@ -168,7 +168,7 @@ def test_likelihood_report_scores_the_subset_against_each_rows_own_composition(t
 
 
 def test_bound_averages_its_noise_draws_and_scores_shuffled_peptides(trained_run):
-    run = mc.load_run(trained_run)
+    run = mc.load_run(trained_run, device="cpu")
     x0 = torch.from_numpy(run.vocab.encode(["ACDEFGHIK", "WWYYP"])).long()
     label, target = torch.tensor([1, 0]), torch.tensor([1, 0])
     g = torch.Generator().manual_seed(3)

@@ -329,7 +329,8 @@ def test_a_second_ctrl_c_stops_at_once_without_saving(fixture_csv, tmp_path, mon
 def infinite_gradient_at(trainer, steps):
     """A hook that puts an inf into one gradient entry on the given steps (the loss stays finite)."""
     def hook(grad):
-        return grad.index_fill(0, torch.tensor([0]), float("inf")) if trainer.step + 1 in steps else grad
+        first = torch.tensor([0], device=grad.device)
+        return grad.index_fill(0, first, float("inf")) if trainer.step + 1 in steps else grad
     trainer.model.head.bias.register_hook(hook)
 
 

@@ -54,7 +54,7 @@ def test_target_conditioning_writes_the_targets_motif(run):
 
 def test_guidance_zero_is_plain_conditional_sampling(run):
     lengths = [10] * 16
-    g = lambda: torch.Generator().manual_seed(3)
+    g = lambda: torch.Generator(device=run.device).manual_seed(3)
     plain = mc.sample_tokens(run, lengths, 1, 2, guidance=0.0, generator=g())
     again = mc.sample_tokens(run, lengths, 1, 2, guidance=0.0, generator=g())
     guided = mc.sample_tokens(run, lengths, 1, 2, guidance=2.0, generator=g())
