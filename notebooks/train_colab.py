@@ -152,8 +152,8 @@ mc.INTERFACE = "notebook"      # messages name this form's settings, not command
 # ## 3. Runtime check
 # You should see your GPU and the precision training will use (T4: fp16 with a gradient scaler;
 # A100: bf16). "No GPU" means this runtime is CPU-only: the small preset still works, slowly (on the demo
-# about ten minutes); medium and large stop here unless `ALLOW_CPU` is ticked. Switch with
-# *Runtime > Change runtime type*.
+# with two CPU cores, about 9 minutes of training and 2 of evaluation); medium and large stop here unless
+# `ALLOW_CPU` is ticked. Switch with *Runtime > Change runtime type*.
 
 # %%
 print(mc.runtime_info())
@@ -307,6 +307,9 @@ print(mc.format_scores(mc.score(model, filled, score_target), ranked=True))
 #   peptides and in background samples. **Order enrichment** (rate / rate after shuffling each sample) near 1
 #   means the motif's residues are there but not its order; compare it with the training peptides' (`data`).
 #   **Specificity**: rate in the target's samples over the other targets' samples.
+# - **Label conditioning**: how far interacting samples differ from background samples in net charge and
+#   hydropathy, beside the training data's gap; "EXAGGERATE" means a caricature of the condition (raising
+#   `GUIDANCE` does that).
 #
 # The plots compare composition and lengths of held-out data, samples and the random baseline. In the test
 # suite's smoke mode (a tiny model, 150 steps, one noise draw) the figures mean nothing.
