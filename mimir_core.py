@@ -8,6 +8,7 @@ The tools around it are scripts of their own:
   scripts/train.py          the quick-start command, a shim over `mimir_core.py train`
   scripts/build_dataset.py  builds a dataset from protein FASTA files (the real set's recipe)
   scripts/benchmark.py      measures data loading, training steps and sampling on this machine
+  scripts/ablation.py       trains and evaluates the small preset with each order lever on or off
 
 The model is an x0-predictor: a bidirectional transformer that sees a noised peptide x_t, the
 diffusion step t, an interaction label and a target protein, and predicts the clean peptide x0.
@@ -1726,9 +1727,10 @@ def sample_tokens(run: Run, lengths, label: int, target_id: int, guidance: float
 
 
 # Plain conditional sampling. A model that learned its conditions' grammar needs no push: on the demo,
-# guidance 0.5-2 made the label-1 vs background gaps in net charge and hydropathy 1.4-2.1x and 2.7-7.6x
-# the data's (a caricature of the condition), while guidance 0 kept them at 0.98x and 1.25x and already
-# wrote each motif target's motif in order (BENCHMARKS.md, "What makes the model write motifs in order").
+# guidance 0.5-2 made the label-1 vs background gaps in net charge and hydropathy 1.6-2.3x and 2.0-4.7x
+# the data's (a caricature of the condition) and its residue pairs farther from real peptides, while
+# guidance 0 kept them at 1.1x and 1.3x and already wrote each motif target's motif in order (README,
+# "Guidance"; BENCHMARKS.md, "What makes the model write motifs in order").
 DEFAULT_GUIDANCE = 0.0
 DEFAULT_STRENGTH = 0.5
 
