@@ -41,6 +41,10 @@ def run_name(variant: str, seed: int = 0) -> str:
     return "ablation_" + "".join(c if c.isalnum() else "_" for c in variant) + (f"_seed{seed}" if seed else "")
 
 
+def row_name(variant: str, seed: int = 0) -> str:
+    return variant + (f" (seed {seed})" if seed else "")
+
+
 def train_and_evaluate(variant: str, checkpoint_dir: Path, device: str, epochs: int | None, seed: int = 0) -> dict:
     run_dir = mc.run_dir_for(run_name(variant, seed), checkpoint_dir)
     cfg = mc.make_config("small", device=device, epochs=epochs, seed=seed, **VARIANTS[variant])
@@ -48,7 +52,7 @@ def train_and_evaluate(variant: str, checkpoint_dir: Path, device: str, epochs: 
     mc.train(cfg, run_dir, resume=True, progress=False, verbose=True)
     if not (run_dir / "evaluation.json").exists():
         mc.evaluate(run_dir, device=device)
-    return summarize(variant + (f" (seed {seed})" if seed else ""), run_dir)
+    return summarize(row_name(variant, seed), run_dir)
 
 
 def summarize(variant: str, run_dir: Path) -> dict:
@@ -60,8 +64,8 @@ def summarize(variant: str, run_dir: Path) -> dict:
     gaps = report["conditioning"].get("property_gaps", {})
     cfg = mc.config_from_saved(json.loads((run_dir / "config.json").read_text()))
     return {"variant": variant, "run_dir": str(run_dir), "steps": history[-1]["step"],
-            "settings": f"{'on' if cfg.rotary else 'off'} | {'on' if cfg.termini else 'off'} | {cfg.label1_repeat} | "
-                        f"{cfg.ema_decay or 'off'}",
+            "settings": ["on" if cfg.rotary else "off", "on" if cfg.termini else "off", str(cfg.label1_repeat),
+                         str(cfg.ema_decay or "off")],
             "best_val_ce": min(e["val_ce"] for e in history),
             "bits": label1["bits_per_residue"], "bits_se": label1["bits_per_residue_se"],
             "order_bits": label1["order_bits"]["difference"], "order_bits_se": label1["order_bits"]["se"],
@@ -81,7 +85,7 @@ def format_table(rows: list) -> str:
     number = lambda v, digits=2: "-" if v is None else f"{v:.{digits}f}"
     out = ["| " + " | ".join(COLUMNS) + " |", "|---" * len(COLUMNS) + "|"]
     for r in rows:
-        cells = [r["variant"], r["settings"], str(r["steps"]), f"{r['best_val_ce']:.4f}",
+        cells = [r["variant"], *r["settings"], str(r["steps"]), f"{r['best_val_ce']:.4f}",
                  mc._pm(r["bits"], r["bits_se"]), mc._pm(r["order_bits"], r["order_bits_se"], signed=True),
                  f"{r['targets_using_order']}/{r['likelihood_targets']}", f"{r['enriched_5x']}/{r['targets']}",
                  number(r["enrichment"], 1),
@@ -92,13 +96,21 @@ def format_table(rows: list) -> str:
     return "\n".join(out)
 
 
+def seed_list(text: str) -> list:
+    try:
+        return [int(seed) for seed in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of whole numbers") from None
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help="comma-separated names from: " + ", ".join(VARIANTS))
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--epochs", type=int, default=None, help="override the preset's 20 epochs (a quick look)")
-    p.add_argument("--seeds", default="0", help="comma-separated training seeds, a run of each variant for each")
+    p.add_argument("--seeds", default=[0], type=seed_list,
+                   help="comma-separated training seeds, a run of each variant for each (default 0)")
     p.add_argument("--checkpoint-dir", default="checkpoints/ablation")
     p.add_argument("--out", default=None, help="also write the table to this Markdown file")
     p.add_argument("--table-only", action="store_true",
@@ -109,13 +121,13 @@ def main(argv=None):
     if unknown:
         p.error(f"unknown variant(s) {unknown}; choose from: {', '.join(VARIANTS)}")
     folder = Path(args.checkpoint_dir)
-    grid = [(v, int(seed)) for v in names for seed in args.seeds.split(",")]
+    grid = [(v, seed) for v in names for seed in args.seeds]
     try:
         if args.table_only:
             done = [(v, seed) for v, seed in grid if (folder / run_name(v, seed) / "evaluation.json").exists()]
             if len(done) < len(grid):
                 mc.log(f"not evaluated yet, left out: {', '.join(run_name(*g) for g in grid if g not in done)}")
-            rows = [summarize(v + (f" (seed {seed})" if seed else ""), folder / run_name(v, seed)) for v, seed in done]
+            rows = [summarize(row_name(v, seed), folder / run_name(v, seed)) for v, seed in done]
         else:
             rows = [train_and_evaluate(v, folder, args.device, args.epochs, seed) for v, seed in grid]
     except mc.DataError as e:

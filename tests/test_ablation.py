@@ -43,7 +43,9 @@ def test_runs_each_variant_once_and_tables_them(quick, tmp_path, capsys):
     assert all(row.count("|") == len(ablation.COLUMNS) + 1 for row in table_rows(printed.out))
 
 
-def test_an_unknown_variant_is_a_clear_error(capsys):
+@pytest.mark.parametrize("args, says", [(["--variants", "plain,rotery"], "unknown variant(s) ['rotery']"),
+                                        (["--seeds", "0,one"], "'0,one' is not a comma-separated list")])
+def test_bad_arguments_are_clear_errors(args, says, capsys):
     with pytest.raises(SystemExit) as exit_:
-        ablation.main(["--variants", "plain,rotery", "--table-only"])
-    assert exit_.value.code == 2 and "unknown variant(s) ['rotery']" in capsys.readouterr().err
+        ablation.main(args + ["--table-only"])
+    assert exit_.value.code == 2 and says in capsys.readouterr().err
