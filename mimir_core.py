@@ -1,20 +1,30 @@
-"""Mimir: a length-aware conditional discrete-diffusion model (D3PM) that writes short peptides.
-
-One module, read top to bottom in pipeline order:
-  config -> data (load, validate, verify-data) -> model -> diffusion -> training -> sampling
-  -> evaluation -> plots -> command line (train, generate, score, evaluate, verify-data, presets)
-
-The tools around it are scripts of their own:
-  scripts/train.py          the quick-start command, a shim over `mimir_core.py train`
-  scripts/build_dataset.py  builds a dataset from protein FASTA files (the real set's recipe)
-  scripts/benchmark.py      measures data loading, training steps and sampling on this machine
-  scripts/ablation.py       trains and evaluates the small preset with each order lever on or off
+"""Mimir's engine: a length-aware conditional discrete-diffusion model (D3PM) that writes short peptides.
 
 The model is an x0-predictor: a bidirectional transformer that sees a noised peptide x_t, the
 diffusion step t, an interaction label and a target protein, and predicts the clean peptide x0.
 Noise is D3PM's uniform transition over residue letters with a cosine schedule (Austin et al. 2021).
 PAD positions are never noised, scored or generated: a peptide's length is chosen first and the
 diffusion runs over its residues only.
+
+Map (sections in the order data flows; nothing refers forward):
+  Config        Config, PRESETS, make_config (every setting range-checked), the errors users see
+  Runtime       device and precision (pick_device, amp_dtype, autocast), messages, atomic file writes
+  Data          read and validate a CSV (load_rows), Vocab, the held-out split, data_stats, verify-data
+  Model         X0Transformer: rotary attention over residue rows, conditioned on step, label, target
+  Diffusion     D3PM: q(x_t | x0), posteriors, the training losses ce and vb
+  Run folder    checkpoints (load, export), resume policy (which checkpoint, which config, same data)
+  Training      lr schedule, optimizer, device-resident data, StepLog (per-step losses), Trainer, train
+  Sampling      load_run, sample_tokens (the reverse process), generate / generate_variants / fill_template
+  Scoring       the variational bound per peptide, score (condition vs background, in bits)
+  Command line  train, generate, score, verify-data, presets
+
+It imports nothing of the project. The evaluation report lives in mimir_eval.py, what only the
+notebook needs in mimir_colab.py, the tools in scripts/ (train.py, build_dataset.py, benchmark.py,
+ablation.py).
+
+Where to change the common things: the noise schedule in D3PM.__init__; the network in
+X0Transformer; a preset in PRESETS; a setting in Config (its range in SETTING_RANGES); the loss in
+D3PM.losses; a metric of the evaluation in mimir_eval.py (its METRICS list).
 """
 from __future__ import annotations
 
@@ -35,7 +45,6 @@ import sys
 import threading
 import time
 import warnings
-import zipfile
 import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -48,6 +57,16 @@ import torch.nn.functional as F
 # =============================================================================================
 # Config
 # =============================================================================================
+
+
+class DataError(ValueError):
+    """Bad input (a file, a setting). The message names the file and line, or the setting, and the problem."""
+
+
+class DiskError(OSError):
+    """A file could not be written (disk full, read-only, no permission); the message says which file
+    and what was kept."""
+
 
 MIN_LEN, MAX_LEN = 4, 20            # peptide lengths the product supports; tensors are padded to MAX_LEN
 RESIDUES = "ACDEFGHIKLMNPQRSTVWY"   # the 20 standard amino acids, always in the vocabulary
@@ -118,6 +137,10 @@ def config_from_saved(saved: dict) -> Config:
     return Config(**{**LEGACY_SETTINGS, **saved})
 
 
+DEVICES = "auto, cpu, cuda, cuda:N"     # auto: CUDA when a GPU is visible, else the CPU
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
+
+
 # What each setting may hold: (the allowed range in words, the test). A value outside it would crash
 # later, or worse, train silently on something else (cond_drop 0.5 drops every target).
 SETTING_RANGES = {
@@ -142,7 +165,7 @@ SETTING_RANGES = {
     "max_val_rows": (">= 1", lambda v: v >= 1),
     "save_every_minutes": (">= 0 (0: at every loss read)", lambda v: v >= 0),
     "log_every": (">= 1", lambda v: v >= 1),
-    "device": ("one of auto, cpu, cuda, cuda:N", lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None),
+    "device": (f"one of {DEVICES}", lambda v: re.fullmatch(DEVICE_PATTERN, v) is not None),
 }
 
 
@@ -198,11 +221,16 @@ def make_config(preset: str = "small", **overrides) -> Config:
     return cfg
 
 
+# =============================================================================================
+# Runtime: device, precision, messages, files
+# =============================================================================================
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA GPU is visible")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DataError(f"device {name} was asked for, but no CUDA GPU is visible")
     return torch.device(name)
 
 
@@ -275,6 +303,15 @@ def runtime_info(device: str = "auto") -> str:
     return "\n".join(lines)
 
 
+def pyplot():
+    """pyplot without a display where there is none (CLI, CI); notebooks keep their inline backend."""
+    import matplotlib
+    if "matplotlib.pyplot" not in sys.modules and "ipykernel" not in sys.modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -307,11 +344,6 @@ def require_gpu(preset: str, allow_cpu: bool = False, device: str = "auto") -> N
                         f"to train on the CPU anyway.")
 
 
-class DiskError(OSError):
-    """A file could not be written (disk full, read-only, no permission); the message says which file
-    and what was kept."""
-
-
 def atomic_write(path: Path, write) -> None:
     """Write through a temporary file and rename it, so a kill never leaves a half-written file. When the
     disk refuses (full, read-only), the temporary file goes, `path` keeps its old content, and the
@@ -342,10 +374,6 @@ def write_json(path: Path, obj) -> None:
 # =============================================================================================
 # Data: load, validate, tokenize, split
 # =============================================================================================
-
-
-class DataError(ValueError):
-    """Bad input (a file, a setting). The message names the file and line, or the setting, and the problem."""
 
 
 @dataclass
@@ -543,26 +571,6 @@ def file_checksum(path) -> str:
     return digest.hexdigest()
 
 
-def keep_upload(uploaded: dict, folder) -> Path:
-    """Keep a file uploaded in Colab ({name: bytes}, as google.colab.files.upload returns it) as the only
-    file in `folder`, so later runs use it without asking again. The bytes are written here rather than
-    looked up on disk: Colab saves a second upload of a name as 'name (1)' yet returns the first name."""
-    if not uploaded:
-        raise DataError("no file was uploaded: run again and choose your CSV file")
-    if len(uploaded) > 1:
-        raise DataError(f"{len(uploaded)} files were uploaded ({', '.join(uploaded)}): upload one CSV file")
-    (name, data), = uploaded.items()
-    folder = Path(folder)
-    if folder.exists():
-        for old in folder.iterdir():
-            if old.is_file():
-                old.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / Path(name).name
-    atomic_write(path, lambda f: f.write(data))
-    return path
-
-
 def describe_rows(rows: Rows) -> str:
     """A short summary: rows per label, targets, and the length distributions of both labels."""
     n1 = int((rows.labels == 1).sum())
@@ -577,12 +585,27 @@ def describe_rows(rows: Rows) -> str:
             f"most rows: {top or '-'}\n" + format_length_table(hist[0], hist[1]))
 
 
+def length_counts(sequences, size: int = MAX_LEN + 1) -> np.ndarray:
+    """How many sequences have each length: (size,) counts of lengths 0..size-1, longer when some
+    sequence is longer (a file being checked breaks the length contract: its rows get counted)."""
+    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+    return np.bincount(lengths, minlength=size)
+
+
 def label_length_counts(rows: Rows) -> tuple[np.ndarray, np.ndarray]:
-    """Length histograms of label 0 and label 1, both over 0..max(MAX_LEN, longest row): rows that break
-    the length contract (a file being checked) get counted, not an index error."""
-    lengths = np.fromiter(map(len, rows.sequences), dtype=np.int64, count=len(rows.sequences))
-    size = max(MAX_LEN, int(lengths.max(initial=0))) + 1
-    return tuple(np.bincount(lengths[rows.labels == label], minlength=size) for label in (0, 1))
+    """Length histograms of label 0 and label 1, both over the same lengths."""
+    size = len(length_counts(rows.sequences))
+    return tuple(length_counts([s for s, x in zip(rows.sequences, rows.labels.tolist()) if x == label], size)
+                 for label in (0, 1))
+
+
+def letter_counts(tokens, groups, n_groups: int, n_letters: int) -> np.ndarray:
+    """(n_groups, n_letters): how often each residue letter occurs in each group's rows, for tokens (N, L)
+    as Vocab.encode makes them and groups (N,) in [0, n_groups): a row's index gives each peptide's
+    counts, a label or a target id each condition's, zeros the whole set's. PAD is not counted."""
+    flat = np.asarray(groups, dtype=np.int64)[:, None] * (n_letters + 1) + np.asarray(tokens, dtype=np.int64)
+    counts = np.bincount(flat.ravel(), minlength=n_groups * (n_letters + 1))
+    return counts.reshape(n_groups, n_letters + 1)[:, 1:]
 
 
 def subset_rows(rows: Rows, idx) -> Rows:
@@ -625,16 +648,16 @@ def heldout_subset(n: int, max_rows: int) -> np.ndarray:
 def data_stats(rows: Rows, vocab: Vocab) -> dict:
     """What generation and evaluation need from the training data: length counts per label and per
     target, and residue composition."""
-    lengths = np.fromiter(map(len, rows.sequences), dtype=np.int64, count=len(rows.sequences))
-    by_label = {str(l): np.bincount(lengths[rows.labels == l], minlength=MAX_LEN + 1).tolist() for l in (0, 1)}
+    by_label = dict(zip(("0", "1"), (counts.tolist() for counts in label_length_counts(rows))))
     by_target = {}
-    for t, n in zip(rows.targets, lengths.tolist()):
-        if t:
-            by_target.setdefault(t, [0] * (MAX_LEN + 1))[n] += 1
+    for target, seq in zip(rows.targets, rows.sequences):
+        if target:
+            by_target.setdefault(target, []).append(seq)
     tokens = vocab.encode(rows.sequences)
-    composition = np.bincount(tokens.ravel(), minlength=vocab.size)[1:]
-    return {"length_counts": by_label, "target_length_counts": by_target,
-            "composition": (composition / composition.sum()).tolist(), "rows": len(rows.sequences)}
+    counts = letter_counts(tokens, np.zeros(len(tokens)), 1, len(vocab.letters))[0]
+    return {"length_counts": by_label,
+            "target_length_counts": {t: length_counts(seqs).tolist() for t, seqs in by_target.items()},
+            "composition": (counts / counts.sum()).tolist(), "rows": len(rows.sequences)}
 
 
 # --- verify-data: the contract, and whether both labels' lengths match ----------------------
@@ -885,6 +908,15 @@ class X0Transformer(nn.Module):
         return res.unpack(self.head(self.ln_f(h)))                  # (B, L, K); PAD positions hold 0
 
 
+def build_model(cfg: Config, vocab: Vocab, device="cpu") -> X0Transformer:
+    """A new model for this config and vocabulary, initialised from cfg.seed (the global RNG is left as it
+    was: a run seeds its own stream)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = X0Transformer(cfg, vocab.size, vocab.num_targets)
+    return model.to(device)
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -978,6 +1010,193 @@ def sample_categorical(probs, generator=None, uniforms=None):
 
 
 # =============================================================================================
+# Run folder: checkpoints, the model file, resume policy, the convergence plot
+# =============================================================================================
+
+
+MODEL_FILE = "model.pt"             # what generation needs: weights, vocabulary, config, data stats
+
+
+def run_dir_for(run_name: str, checkpoint_dir="checkpoints") -> Path:
+    return Path(checkpoint_dir) / run_name
+
+
+def load_checkpoint(path) -> dict:
+    """Load a checkpoint safely (weights_only: a downloaded file cannot run code) and check its format.
+    A file that is refused or unreadable is a DataError saying what the file is and what to do."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: checkpoint not found")
+    try:
+        with warnings.catch_warnings():             # torch warns about odd pickles before refusing them
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DataError(unreadable_checkpoint_message(path, e)) from None   # torch's advice would say: unsafe load
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        held = f"a dict with keys {', '.join(map(str, list(ckpt)[:5]))}" if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise DataError(f"{path}: not a Mimir checkpoint: a PyTorch file holding {held}, not the {CHECKPOINT_FORMAT} "
+                        f"record of a training run. Point to a run's last.pt or best.pt.")
+    return ckpt
+
+
+def unreadable_checkpoint_message(path, error: Exception) -> str:
+    """What a checkpoint that torch.load(weights_only=True) refused or could not read is, in Mimir's words.
+    weights_only refuses any pickled object that is not a tensor or plain data: loading one could run code."""
+    refused = re.search(r"GLOBAL ([\w.]+)|Unsupported class ([\w.]+)|reduce for ([\w.]+)", str(error))
+    if refused:
+        name = next(g for g in refused.groups() if g)
+        return (f"{path}: not a readable Mimir checkpoint: it holds a pickled Python object ({name}) that would run "
+                f"code when loaded. Mimir refused to run code from it (checkpoints load as tensors and plain data "
+                f"only), so nothing in the file ran. Mimir never writes such objects: this file was made elsewhere "
+                f"or altered. Use a last.pt or best.pt written by Mimir, from a source you trust, or train again.")
+    reason = {EOFError: "the file is empty or ends early", IsADirectoryError: "it is a directory"}.get(
+        type(error), "damaged, truncated, or not a PyTorch file")
+    return (f"{path}: not a readable Mimir checkpoint ({reason}); nothing was loaded or run from it. Replace it "
+            f"with an intact copy (the run directory's other checkpoint, a backup), or train again.")
+
+
+def sampling_weights(ckpt: dict) -> dict:
+    """The weights to sample with, from a checkpoint or model file (the one place that chooses them):
+    the moving average when the run keeps one."""
+    return ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"]
+
+
+def checkpoint_path(run_dir, checkpoint: str = "best") -> Path:
+    """The file a run samples from: best.pt, else last.pt, else model.pt (a run downloaded without its
+    checkpoints); or last.pt when asked for."""
+    run_dir = Path(run_dir)
+    if checkpoint != "best":
+        return run_dir / f"{checkpoint}.pt"
+    return next((run_dir / name for name in ("best.pt", "last.pt", MODEL_FILE) if (run_dir / name).exists()),
+                run_dir / "best.pt")
+
+
+def read_data_stats(run_dir) -> dict:
+    """The run's data_stats.json (what it was trained on: lengths, composition, the file and its sha256),
+    or {} for a folder without one."""
+    path = Path(run_dir) / "data_stats.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def export_model(run_dir, checkpoint: str = "best") -> Path:
+    """Write run_dir/model.pt: the sampling weights, vocabulary, config and data stats, without the
+    optimizer state (a few MB for the small preset). load_run and generate take it, or a folder holding
+    it; resuming training needs last.pt."""
+    run_dir = Path(run_dir)
+    source = checkpoint_path(run_dir, checkpoint)
+    ckpt = load_checkpoint(source)
+    model = {"format": CHECKPOINT_FORMAT, "config": ckpt["config"], "letters": ckpt["letters"],
+             "targets": ckpt["targets"], "model": sampling_weights(ckpt), "step": ckpt["step"],
+             "epoch": ckpt["epoch"], "source": source.name, "stats": read_data_stats(run_dir) or ckpt.get("stats", {})}
+    out = run_dir / MODEL_FILE
+    atomic_write(out, lambda f: torch.save(model, f))
+    return out
+
+
+# --- resume policy: which checkpoint, which config, the same data -----------------------------
+
+# What a resumed run may change: how long it runs and where. Its model, optimisation and data stay.
+RESUMABLE = ("epochs", "max_steps", "device", "save_every_minutes", "compile", "log_every")
+
+
+def resume_checkpoint(run_dir: Path, resume: bool) -> dict | None:
+    """The checkpoint a run continues from: last.pt, or best.pt when there is no last.pt (the user removed
+    an unreadable one, as the error below offers); None for a new run. A folder that already holds a
+    run is continued only when asked (`resume`)."""
+    found = [run_dir / name for name in ("last.pt", "best.pt") if (run_dir / name).exists()]
+    if not found:
+        if resume and run_dir.exists() and any(run_dir.iterdir()):
+            log(f"{run_dir}: no checkpoint yet; starting the run from the beginning")
+        return None
+    if not resume:
+        raise DataError(f"{run_dir} already holds a run ({found[0].name}): to continue it, {control('resume')}; "
+                        f"or choose another run name ({control('run_name')}).")
+    if found[0].name == "best.pt":
+        log(f"{run_dir}: no last.pt; continuing from best.pt")
+    try:
+        return load_checkpoint(found[0])
+    except DataError as e:
+        raise DataError(f"{e}\n{fallback_advice(run_dir, found[0])}") from e
+
+
+def fallback_advice(run_dir: Path, bad: Path) -> str:
+    """What to do when `bad` cannot be read: continue from an intact best.pt, or start over."""
+    best = run_dir / "best.pt"
+    try:
+        ckpt = load_checkpoint(best) if bad != best else None
+    except DataError:
+        ckpt = None
+    if ckpt is None:
+        return (f"There is no intact best.pt to fall back on: choose another run name ({control('run_name')}) "
+                f"to start over, or delete {run_dir}.")
+    return (f"best.pt beside it is intact (step {ckpt['step']}, epoch {ckpt['epoch']}): delete or rename "
+            f"{bad.name} and run again to continue from best.pt (steps after {ckpt['step']} are trained again).")
+
+
+def saved_config(run_dir) -> dict | None:
+    """A run's config.json, or None when the folder holds no run yet."""
+    path = Path(run_dir) / "config.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def resumed_config(run_dir, saved: dict, preset: str | None, settings: dict) -> Config:
+    """The config a resumed run trains with: its saved config with the RESUMABLE settings and the data path
+    taken from `settings` (None values: not given). Another preset is an error; other settings given are
+    left out with a note, since a run keeps its model and optimisation."""
+    if preset and preset != saved["preset"]:
+        raise DataError(f"{run_dir} holds a {saved['preset']} run, which cannot continue as {preset}: resume it "
+                        f"with preset {saved['preset']}, or choose another run name ({control('run_name')})")
+    base = asdict(config_from_saved(saved))
+    ignored = sorted(k for k, v in settings.items() if k not in RESUMABLE + ("data",) and v not in (None, base.get(k)))
+    if ignored:
+        log(f"note: a resumed run keeps its own settings; {', '.join(ignored)} left as the run has them")
+    kept = {k: v for k, v in settings.items() if k in RESUMABLE and v is not None}
+    data = settings.get("data") or base["data"]     # the same data may live at a new path (check_same_data)
+    return make_config(base.pop("preset"), **{**base, **kept, "data": data})
+
+
+def check_same_data(run_dir, rows: Rows, vocab: Vocab, data_sha256: str) -> None:
+    """A run continues only on the data it was trained on: no new letters or targets, the same checksum."""
+    extra_letters = set("".join(rows.sequences)) - set(vocab.letters)
+    extra_targets = {t for t in rows.targets if t} - set(vocab.targets)
+    another = f"A run continues only on its own data: choose another run name ({control('run_name')}) for these."
+    if extra_letters or extra_targets:
+        raise DataError(f"{rows.path} does not match the checkpoint in {run_dir}: new letters {sorted(extra_letters)}, "
+                        f"new targets {sorted(extra_targets)[:10]}. {another}")
+    trained_on = read_data_stats(run_dir)
+    if trained_on.get("data_sha256") and trained_on["data_sha256"] != data_sha256:
+        raise DataError(f"{run_dir} was trained on {trained_on['data']} (sha256 {trained_on['data_sha256'][:12]}), and "
+                        f"{rows.path} holds other data (sha256 {data_sha256[:12] or 'unknown'}). {another}")
+
+
+def plot_convergence(run_dir, out: str | None = None):
+    """convergence.png: training ce / vb / loss per step (smoothed) and held-out per epoch, with the
+    ln K line (the ce of a uniform guess). Returns the figure."""
+    plt = pyplot()
+    run_dir = Path(run_dir)
+    hist = json.loads((run_dir / "history.json").read_text())
+    steps = np.genfromtxt(run_dir / "history_steps.csv", delimiter=",", names=True, ndmin=1)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    window = max(1, len(steps) // 100)
+    smooth = lambda y: np.convolve(y, np.ones(window) / window, mode="valid")
+    for ax, key in zip(axes, ("ce", "vb", "loss")):
+        if len(steps):
+            ax.plot(steps["step"][window - 1:], smooth(steps[key]), lw=1, label="train (per step)")
+        ep = [e for e in hist["epochs"] if f"val_{key}" in e]
+        ax.plot([e["step"] for e in ep], [e[f"val_{key}"] for e in ep], "o-", ms=3, label="held-out (per epoch)")
+        if key == "ce":
+            ax.axhline(hist["ln_k"], color="gray", ls="--", lw=1, label=f"ln K = {hist['ln_k']:.2f} (uniform guess)")
+        ax.set_title(key + (" (nats per residue)" if key != "loss" else ""))
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out or run_dir / "convergence.png", dpi=110)
+    plt.close(fig)          # the notebook shows the saved PNG; an open figure per epoch would pile up
+    return fig
+
+
+# =============================================================================================
 # Training
 # =============================================================================================
 
@@ -998,11 +1217,6 @@ def lr_at(step: int, cfg: Config, total_steps: int) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def build_model(cfg: Config, vocab: Vocab, device) -> X0Transformer:
-    torch.manual_seed(cfg.seed)
-    return X0Transformer(cfg, vocab.size, vocab.num_targets).to(device)
 
 
 def make_optimizer(model, cfg: Config):
@@ -1116,93 +1330,6 @@ class RunTimer:
             f"{format_duration(left * per_step)} (plus held-out scoring at each epoch end)")
 
 
-# --- run directory -------------------------------------------------------------------------
-
-
-def load_checkpoint(path) -> dict:
-    """Load a checkpoint safely (weights_only: a downloaded file cannot run code) and check its format.
-    A file that is refused or unreadable is a DataError saying what the file is and what to do."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: checkpoint not found")
-    try:
-        with warnings.catch_warnings():             # torch warns about odd pickles before refusing them
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DataError(unreadable_checkpoint_message(path, e)) from None   # torch's advice would say: unsafe load
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        held = f"a dict with keys {', '.join(map(str, list(ckpt)[:5]))}" if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise DataError(f"{path}: not a Mimir checkpoint: a PyTorch file holding {held}, not the {CHECKPOINT_FORMAT} "
-                        f"record of a training run. Point to a run's last.pt or best.pt.")
-    return ckpt
-
-
-def sampling_weights(ckpt: dict) -> dict:
-    """The weights to sample with, from a checkpoint or model file (the one place that chooses them):
-    the moving average when the run keeps one."""
-    return ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"]
-
-
-def unreadable_checkpoint_message(path, error: Exception) -> str:
-    """What a checkpoint that torch.load(weights_only=True) refused or could not read is, in Mimir's words.
-    weights_only refuses any pickled object that is not a tensor or plain data: loading one could run code."""
-    refused = re.search(r"GLOBAL ([\w.]+)|Unsupported class ([\w.]+)|reduce for ([\w.]+)", str(error))
-    if refused:
-        name = next(g for g in refused.groups() if g)
-        return (f"{path}: not a readable Mimir checkpoint: it holds a pickled Python object ({name}) that would run "
-                f"code when loaded. Mimir refused to run code from it (checkpoints load as tensors and plain data "
-                f"only), so nothing in the file ran. Mimir never writes such objects: this file was made elsewhere "
-                f"or altered. Use a last.pt or best.pt written by Mimir, from a source you trust, or train again.")
-    reason = {EOFError: "the file is empty or ends early", IsADirectoryError: "it is a directory"}.get(
-        type(error), "damaged, truncated, or not a PyTorch file")
-    return (f"{path}: not a readable Mimir checkpoint ({reason}); nothing was loaded or run from it. Replace it "
-            f"with an intact copy (the run directory's other checkpoint, a backup), or train again.")
-
-
-def run_dir_for(run_name: str, checkpoint_dir="checkpoints") -> Path:
-    return Path(checkpoint_dir) / run_name
-
-
-def run_name_for(preset: str, data: str = "", prefix: str = "colab") -> str:
-    """A default run name that differs for different data: <prefix>_<preset>_demo, or
-    <prefix>_<preset>_<file name>_<the first 8 hex digits of its sha256>."""
-    if not data:
-        return f"{prefix}_{preset}_demo"
-    stem = re.sub(r"[^A-Za-z0-9]+", "_", Path(data).name.split(".")[0]).strip("_")[:24] or "data"
-    return f"{prefix}_{preset}_{stem}_{file_checksum(data)[:8]}"
-
-
-MODEL_FILE = "model.pt"             # what generation needs: weights, vocabulary, config, data stats
-
-
-def checkpoint_path(run_dir, checkpoint: str = "best") -> Path:
-    """The file a run samples from: best.pt, else last.pt, else model.pt (a run downloaded without its
-    checkpoints); or last.pt when asked for."""
-    run_dir = Path(run_dir)
-    if checkpoint != "best":
-        return run_dir / f"{checkpoint}.pt"
-    return next((run_dir / name for name in ("best.pt", "last.pt", MODEL_FILE) if (run_dir / name).exists()),
-                run_dir / "best.pt")
-
-
-def export_model(run_dir, checkpoint: str = "best") -> Path:
-    """Write run_dir/model.pt: the sampling weights, vocabulary, config and data stats, without the
-    optimizer state (a few MB for the small preset). load_run and generate take it, or a folder holding
-    it; resuming training needs last.pt."""
-    run_dir = Path(run_dir)
-    source = checkpoint_path(run_dir, checkpoint)
-    ckpt = load_checkpoint(source)
-    stats_path = run_dir / "data_stats.json"
-    model = {"format": CHECKPOINT_FORMAT, "config": ckpt["config"], "letters": ckpt["letters"],
-             "targets": ckpt["targets"], "model": sampling_weights(ckpt), "step": ckpt["step"],
-             "epoch": ckpt["epoch"], "source": source.name,
-             "stats": json.loads(stats_path.read_text()) if stats_path.exists() else ckpt.get("stats", {})}
-    out = run_dir / MODEL_FILE
-    atomic_write(out, lambda f: torch.save(model, f))
-    return out
-
-
 class NonFiniteLoss(RuntimeError):
     pass
 
@@ -1240,133 +1367,198 @@ class DeferredInterrupt:
             self._previous = None
 
 
+class StepLog:
+    """Every step's (ce, vb, loss, gradient norm), kept on the device and read every log_every steps (the
+    training loop's only host sync): screened for steps that went wrong, appended to history_steps.csv,
+    shown on the progress bar. `path` is None on ranks other than 0, which keep no files. A non-finite
+    gradient's update was skipped on the device; under fp16 up to `skip_tolerance` such steps in a row
+    are the gradient scaler settling (counted in skipped_steps), one more stops the run."""
+
+    HEADER = "step,epoch,lr,ce,vb,loss\n"
+
+    def __init__(self, path: Path | None, device, log_every: int, world: int, lr_of_step, skip_tolerance: int,
+                 kept_state):
+        self.path, self.world, self.lr_of_step, self.kept_state = path, world, lr_of_step, kept_state
+        self.buffer = torch.zeros(log_every, 4, device=device)       # per-step (ce, vb, loss, gradient norm)
+        self.pending = 0                                             # steps in the buffer not read yet
+        self.skip_tolerance, self.skipped_steps, self.skips_in_a_row = skip_tolerance, [], 0
+        self.file = None
+
+    def start(self):
+        """A new run: the CSV with its header only."""
+        if self.path is not None:
+            atomic_write(self.path, lambda f: f.write(self.HEADER.encode()))
+
+    def keep_until(self, step: int):
+        """A resumed run: drop the steps logged after its checkpoint, which it trains again."""
+        if self.path is None or not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines()
+        kept = [lines[0]] + [ln for ln in lines[1:] if ln and int(ln.split(",")[0]) <= step]
+        atomic_write(self.path, lambda f: f.write(("\n".join(kept) + "\n").encode()))
+
+    def open(self):
+        self.file = open(self.path, "a") if self.path is not None else None
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def record(self, values) -> bool:
+        """Keep one step's values on the device; True when the buffer is full and should be flushed."""
+        self.buffer[self.pending] = values
+        self.pending += 1
+        return self.pending == len(self.buffer)
+
+    def flush(self, step: int, epoch: int, bar) -> list:
+        """Read the pending steps (the last of them is `step`), stop on one that went wrong, write them to
+        the CSV and the progress bar. Returns their finite (ce, vb, loss), for the epoch's means."""
+        n, self.pending = self.pending, 0
+        if n == 0:
+            return []
+        if self.world > 1:                              # each rank holds its share of every step's loss
+            torch.distributed.all_reduce(self.buffer[:n])
+        readings = self.buffer[:n].tolist()
+        first = step - n + 1
+        self.screen(readings, first)
+        values = [r[:3] for r in readings]
+        finite = [v for v in values if all(map(math.isfinite, v))]  # fp16 steps skipped for an overflow may lack a loss
+        if self.file is not None:
+            self.write(values, first, epoch, step)
+        if finite:
+            ce, vb, loss = np.mean(finite, axis=0)
+            bar.set_postfix(ce=f"{ce:.3f}", vb=f"{vb:.3f}", loss=f"{loss:.3f}", refresh=False)
+        return finite
+
+    def write(self, values: list, first: int, epoch: int, step: int):
+        try:
+            self.file.write("".join(f"{first + i},{epoch + 1},{self.lr_of_step(first + i):.6g},{ce:.6g},{vb:.6g},"
+                                    f"{loss:.6g}\n" for i, (ce, vb, loss) in enumerate(values)))
+            self.file.flush()
+        except OSError as e:
+            raise DiskError(f"cannot write {self.path}: {e.strerror or e}. Training stopped at step {step}; "
+                            f"{self.kept_state()}. Free some disk space, then resume the run.") from e
+
+    def screen(self, readings: list, first: int):
+        """Stop on a step that went wrong: a non-finite loss, or a gradient that was not finite beyond the
+        tolerance. Tolerated skips are counted and said."""
+        new_skips = []
+        for i, (ce, vb, loss, grad_norm) in enumerate(readings):
+            losses_finite = all(map(math.isfinite, (ce, vb, loss)))
+            if math.isfinite(grad_norm):
+                self.skips_in_a_row = 0
+                if losses_finite:
+                    continue
+            else:
+                new_skips.append(first + i)
+                self.skips_in_a_row += 1
+                if self.skips_in_a_row <= self.skip_tolerance:
+                    continue
+            self.skipped_steps += new_skips
+            raise NonFiniteLoss(self.problem(first + i, ce, vb, loss, losses_finite))
+        self.skipped_steps += new_skips
+        if new_skips and self.path is not None:
+            log(f"step{'s' if len(new_skips) > 1 else ''} {', '.join(map(str, new_skips))}: fp16 gradient overflow, "
+                f"update skipped while the gradient scaler settles ({len(self.skipped_steps)} skipped so far)")
+
+    def problem(self, step: int, ce, vb, loss, losses_finite: bool) -> str:
+        problem = (f"loss became {loss} (ce {ce}, vb {vb}) at step {step}" if not losses_finite else
+                   f"the gradient was not finite at step {step} (its loss was {loss:.4g}); that update was skipped")
+        if self.skips_in_a_row > 1:
+            problem += (f"; steps {step - self.skips_in_a_row + 1}-{step} were all skipped, although the fp16 "
+                        f"gradient scaler lowered its scale after each")
+        return f"{problem}; stopping: {self.kept_state()}. Try a lower learning rate."
+
+
 class Trainer:
-    """Owns one training run: model, optimizer, device data, history and checkpoints."""
+    """One training run: set-up (data on the device, model, optimizer), restore, the step, the loop and
+    the epoch end. Resume policy (resume_checkpoint, resumed_config, check_same_data), per-step logging
+    (StepLog) and the checkpoint files are pieces of their own that it calls."""
 
     def __init__(self, cfg: Config, run_dir, resume: bool = False, skip_invalid: bool = False, rows=None):
         """`rows` (already validated) replaces loading cfg.data, e.g. for benchmarks."""
         self.run_dir = Path(run_dir)
-        ckpt = self._existing_checkpoint(resume)
+        ckpt = resume_checkpoint(self.run_dir, resume)
         if ckpt is not None:
-            cfg = self._resumed_config(ckpt["config"], cfg)
+            cfg = resumed_config(self.run_dir, ckpt["config"], cfg.preset, {k: getattr(cfg, k) for k in RESUMABLE + ("data",)})
         self.cfg = cfg
         self.rank, self.world, self.device = distributed_setup(cfg.device)
-        if cfg.batch_size % self.world:
-            raise ValueError(f"batch size {cfg.batch_size} does not split over {self.world} processes")
-        share = cfg.batch_size // self.world            # this rank's rows of each global batch
-        self.part = slice(self.rank * share, (self.rank + 1) * share) if self.world > 1 else slice(None)
         self.is_main = self.rank == 0                   # only rank 0 writes logs, plots and checkpoints
+        self.part = self.batch_share()
         rows = rows if rows is not None else load_rows(cfg.data or None, skip_invalid=skip_invalid)
         self.vocab = Vocab(ckpt["letters"], ckpt["targets"]) if ckpt else Vocab.from_rows(rows)
-        self.data_sha256 = file_checksum(rows.path) if Path(rows.path).is_file() else ""
-        if ckpt:
-            self._check_compatible(rows)
-        train_idx, val_idx = split_indices(rows, cfg.val_fraction)
-        self.train_data = DeviceData(rows, self.vocab, train_idx, self.device)
-        self.val_data = DeviceData(rows, self.vocab, val_idx, self.device)
-        self.stats = data_stats(subset_rows(rows, train_idx), self.vocab)
-        self.stats.update(heldout_rows=len(val_idx), data=rows.path, data_sha256=self.data_sha256,
-                          skip_invalid=skip_invalid)
-
+        self.put_data_on_device(rows, skip_invalid, check=ckpt is not None)
         self.diffusion = D3PM(len(self.vocab.letters), cfg.n_steps, self.device)
         self.model = build_model(cfg, self.vocab, self.device)
         self.optimizer = make_optimizer(self.model, cfg)
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if cfg.ema_decay else None
         self.epoch_rows = epoch_rows(self.train_data.label, cfg.label1_repeat)
         self.steps_per_epoch = max(1, len(self.epoch_rows) // cfg.batch_size)
-        self.total_steps = cfg.epochs * self.steps_per_epoch
-        if cfg.max_steps:
-            self.total_steps = min(self.total_steps, cfg.max_steps)
-        if self.total_steps < cfg.warmup and self.is_main:
-            log(f"note: this run is only {self.total_steps} steps ({self.steps_per_epoch} an epoch), fewer than the "
-                f"{cfg.preset} preset's warm-up of {cfg.warmup} steps alone: warm-up is cut to "
-                f"{warmup_steps(cfg, self.total_steps)} of them and the model will learn little. More data, or more "
-                f"epochs ({control('epochs')}), make a longer run.")
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_at(s, self.cfg, self.total_steps))
+        self.total_steps = min(cfg.epochs * self.steps_per_epoch, cfg.max_steps or math.inf)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_at(s, cfg, self.total_steps))
         self.amp = amp_dtype(self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        self.forward = self.parallel_model()
+        self.step, self.epoch, self.best_val, self.history, self.mid_step = 0, 0, float("inf"), [], False
+        self.steps = StepLog(self.run_dir / "history_steps.csv" if self.is_main else None, self.device, cfg.log_every,
+                             self.world, lambda step: cfg.lr * lr_at(step - 1, cfg, self.total_steps),
+                             MAX_FP16_SKIPS_IN_A_ROW if self.scaler.is_enabled() else 0, self.kept_state)
+        if ckpt:
+            self.restore(ckpt)
+        else:
+            torch.manual_seed(cfg.seed)                 # the same stream on every rank: they share the noise
+        self.saved_step = self.step                     # the step last.pt holds (when it exists)
+        if self.is_main:
+            self.write_run_files(new=ckpt is None)
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def batch_share(self) -> slice:
+        """The rows of each global batch this rank scores (all of them in a single process)."""
+        if self.cfg.batch_size % self.world:
+            raise DataError(f"batch size {self.cfg.batch_size} does not split over {self.world} processes")
+        share = self.cfg.batch_size // self.world
+        return slice(self.rank * share, (self.rank + 1) * share) if self.world > 1 else slice(None)
+
+    def put_data_on_device(self, rows: Rows, skip_invalid: bool, check: bool):
+        """The split, both parts on the device, and the training part's statistics (data_stats.json)."""
+        data_sha256 = file_checksum(rows.path) if Path(rows.path).is_file() else ""
+        if check:
+            check_same_data(self.run_dir, rows, self.vocab, data_sha256)
+        train_idx, val_idx = split_indices(rows, self.cfg.val_fraction)
+        self.train_data = DeviceData(rows, self.vocab, train_idx, self.device)
+        self.val_data = DeviceData(rows, self.vocab, val_idx, self.device)
+        self.stats = {**data_stats(subset_rows(rows, train_idx), self.vocab), "heldout_rows": len(val_idx),
+                      "data": rows.path, "data_sha256": data_sha256, "skip_invalid": skip_invalid}
+
+    def parallel_model(self):
+        """The module the step calls: the model, wrapped for data parallelism and compiled when asked."""
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.forward = self.model
+        forward = self.model
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
-            self.forward = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
-        if cfg.compile:
-            self.forward = torch.compile(self.forward)
-        self.step, self.epoch, self.best_val, self.history = 0, 0, float("inf"), []
-        if ckpt:
-            self._restore(ckpt)
-        else:
-            torch.manual_seed(cfg.seed)                 # the same stream on every rank: they share the noise
-        if not ckpt and self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(self.run_dir / "config.json", asdict(cfg))
+            forward = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        return torch.compile(forward) if self.cfg.compile else forward
+
+    def write_run_files(self, new: bool):
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.run_dir / "config.json", asdict(self.cfg))      # a resumed run's too: its current settings
+        if new:
             write_json(self.run_dir / "vocab.json", {"letters": self.vocab.letters, "targets": self.vocab.targets})
             write_json(self.run_dir / "data_stats.json", self.stats)
-            (self.run_dir / "history_steps.csv").write_text("step,epoch,lr,ce,vb,loss\n")
+            self.steps.start()
+        if self.total_steps < self.cfg.warmup:
+            log(f"note: this run is only {self.total_steps} steps ({self.steps_per_epoch} an epoch), fewer than the "
+                f"{self.cfg.preset} preset's warm-up of {self.cfg.warmup} steps alone: warm-up is cut to "
+                f"{warmup_steps(self.cfg, self.total_steps)} of them and the model will learn little. More data, or "
+                f"more epochs ({control('epochs')}), make a longer run.")
 
-    # -- resume ------------------------------------------------------------------------------
+    # -- checkpoints -------------------------------------------------------------------------
 
-    def _existing_checkpoint(self, resume: bool):
-        """The checkpoint a run resumes from: last.pt, or best.pt when there is no last.pt (the user removed
-        an unreadable one, as the error below offers)."""
-        found = [self.run_dir / name for name in ("last.pt", "best.pt") if (self.run_dir / name).exists()]
-        if not found:
-            if resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
-                log(f"{self.run_dir}: no checkpoint yet; starting the run from the beginning")
-            return None
-        if not resume:
-            raise DataError(f"{self.run_dir} already holds a run ({found[0].name}): to continue it, {control('resume')}; "
-                            f"or choose another run name ({control('run_name')}).")
-        if found[0].name == "best.pt":
-            log(f"{self.run_dir}: no last.pt; continuing from best.pt")
-        try:
-            return load_checkpoint(found[0])
-        except DataError as e:
-            raise DataError(f"{e}\n{self._fallback(found[0])}") from e
-
-    def _fallback(self, bad: Path) -> str:
-        """What to do when `bad` cannot be read: continue from an intact best.pt, or start over."""
-        best = self.run_dir / "best.pt"
-        try:
-            ckpt = load_checkpoint(best) if bad != best else None
-        except DataError:
-            ckpt = None
-        if ckpt is None:
-            return (f"There is no intact best.pt to fall back on: choose another run name ({control('run_name')}) "
-                    f"to start over, or delete {self.run_dir}.")
-        return (f"best.pt beside it is intact (step {ckpt['step']}, epoch {ckpt['epoch']}): delete or rename "
-                f"{bad.name} and run again to continue from best.pt (steps after {ckpt['step']} are trained again).")
-
-    def _resumed_config(self, saved: dict, asked: Config) -> Config:
-        """A resumed run keeps its model and data; only how long it runs and where may change."""
-        if asked.preset != saved["preset"]:
-            raise DataError(f"{self.run_dir} holds a {saved['preset']} run, which cannot continue as {asked.preset}: "
-                            f"resume it with preset {saved['preset']}, or choose another run name ({control('run_name')})")
-        cfg = config_from_saved(saved)
-        for name in ("epochs", "max_steps", "device", "save_every_minutes", "compile", "log_every"):
-            setattr(cfg, name, getattr(asked, name))
-        cfg.data = asked.data or cfg.data           # the same data may live at a new path (checked below)
-        return cfg
-
-    def _check_compatible(self, rows: Rows):
-        extra_letters = set("".join(rows.sequences)) - set(self.vocab.letters)
-        extra_targets = {t for t in rows.targets if t} - set(self.vocab.targets)
-        if extra_letters or extra_targets:
-            raise DataError(f"{rows.path} does not match the checkpoint in {self.run_dir}: new letters "
-                            f"{sorted(extra_letters)}, new targets {sorted(extra_targets)[:10]}. A run continues "
-                            f"only on its own data: choose another run name ({control('run_name')}) for these.")
-        stats_path = self.run_dir / "data_stats.json"
-        trained_on = json.loads(stats_path.read_text()) if stats_path.exists() else {}
-        if trained_on.get("data_sha256") and trained_on["data_sha256"] != self.data_sha256:
-            raise DataError(f"{self.run_dir} was trained on {trained_on['data']} (sha256 "
-                            f"{trained_on['data_sha256'][:12]}), and {rows.path} holds other data (sha256 "
-                            f"{self.data_sha256[:12] or 'unknown'}). A run continues only on its own data: choose "
-                            f"another run name ({control('run_name')}) for these.")
-
-    def _restore(self, ckpt: dict):
+    def restore(self, ckpt: dict):
         try:
             self.model.load_state_dict(ckpt["model"])
         except RuntimeError as e:
@@ -1377,20 +1569,13 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
-        self.step, self.epoch, self.best_val = ckpt["step"], ckpt["epoch"], ckpt["best_val"]
-        self.history = ckpt["history"]
+        self.step, self.epoch, self.best_val, self.history = ckpt["step"], ckpt["epoch"], ckpt["best_val"], ckpt["history"]
         torch.set_rng_state(ckpt["rng_cpu"])
         if self.device.type == "cuda" and ckpt.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng_cuda"], self.device)
-        steps_csv = self.run_dir / "history_steps.csv"            # drop steps logged after the checkpoint
-        if steps_csv.exists() and self.is_main:
-            lines = steps_csv.read_text().splitlines()
-            kept = [lines[0]] + [ln for ln in lines[1:] if ln and int(ln.split(",")[0]) <= self.step]
-            atomic_write(steps_csv, lambda f: f.write(("\n".join(kept) + "\n").encode()))
         if self.is_main:
+            self.steps.keep_until(self.step)
             log(f"resuming {self.run_dir} at step {self.step} (epoch {self.epoch + 1})")
-
-    # -- checkpoints -------------------------------------------------------------------------
 
     def checkpoint(self) -> dict:
         return {"format": CHECKPOINT_FORMAT, "config": asdict(self.cfg), "letters": self.vocab.letters,
@@ -1410,32 +1595,26 @@ class Trainer:
         ckpt = self.checkpoint()
         try:
             atomic_write(self.run_dir / "last.pt", lambda f: torch.save(ckpt, f))
-            self._saved_step = self.step
+            self.saved_step = self.step
             if best:
                 atomic_write(self.run_dir / "best.pt", lambda f: torch.save(ckpt, f))
         except DiskError as e:
-            raise DiskError(f"{e}. Training stopped at step {self.step}; {self._kept_state()}. Free some disk "
+            raise DiskError(f"{e}. Training stopped at step {self.step}; {self.kept_state()}. Free some disk "
                             f"space or choose a writable checkpoint directory, then resume the run.") from e
 
-    def _kept_state(self) -> str:
+    def kept_state(self) -> str:
         """Where the last good state is, for an error that stops the run."""
-        if getattr(self, "_saved_step", None) is None or not (self.run_dir / "last.pt").exists():
+        if not (self.run_dir / "last.pt").exists():
             return "no checkpoint was saved yet"
-        return f"{self.run_dir}/last.pt keeps the last good state (step {self._saved_step})"
+        return f"{self.run_dir}/last.pt keeps the last good state (step {self.saved_step})"
 
-    @property
-    def skip_tolerance(self) -> int:
-        """Steps in a row whose update may be skipped for a non-finite gradient: some under fp16, where the
-        gradient scaler expects overflows while its scale settles; none otherwise."""
-        return MAX_FP16_SKIPS_IN_A_ROW if self.scaler.is_enabled() else 0
-
-    # -- the loop ----------------------------------------------------------------------------
+    # -- the step and the loop ---------------------------------------------------------------
 
     def train_step(self, x0, label, target_id):
         """One optimizer step on a global batch (every rank gets the whole batch and scores its part).
         Returns this rank's (ce, vb, loss) share and the gradient norm; nothing here reads them on the host.
-        A step whose gradient is not finite changes nothing (weights, moments, step counts); flush() sees
-        its norm and decides whether the run goes on."""
+        A step whose gradient is not finite changes nothing (weights, moments, step counts); the StepLog
+        sees its norm and decides whether the run goes on."""
         label, target_id = drop_condition(label, target_id, self.cfg.cond_drop, self.cfg.label1_repeat)
         ce, vb = self.diffusion.losses(self.forward, x0, label, target_id, part=self.part)
         loss = ce + self.cfg.hybrid_coeff * vb if self.cfg.hybrid_coeff else ce   # no backward through an unused vb
@@ -1456,125 +1635,70 @@ class Trainer:
                 torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1 - decay)
         return torch.stack([ce.detach(), vb.detach(), loss.detach(), grad_norm.detach()])
 
-    def flush(self, buffer, n: int, steps_file, bar) -> list:
-        """Read the last n steps' losses and gradient norms from the device (the loop's only host sync, once
-        per log_every steps), stop on NaN/inf (_screen_steps), append them to history_steps.csv and show
-        them on the progress bar. Returns the steps' finite (ce, vb, loss) for the epoch's means."""
-        if n == 0:
-            return []
-        if self.world > 1:                              # each rank holds its share of every step's loss
-            torch.distributed.all_reduce(buffer[:n])
-        readings = buffer[:n].tolist()
-        values = [r[:3] for r in readings]              # (ce, vb, loss); the 4th column is the gradient norm
-        first = self.step - n + 1
-        self._screen_steps(readings, first)
-        lr = lambda step: self.cfg.lr * lr_at(step - 1, self.cfg, self.total_steps)   # the lr step `step` used
-        finite = [v for v in values if all(map(math.isfinite, v))]  # fp16 steps skipped for an overflow may lack a loss
-        if steps_file is None:                          # ranks other than 0 keep no files
-            return finite
-        try:
-            steps_file.write("".join(f"{first + i},{self.epoch + 1},{lr(first + i):.6g},{ce:.6g},{vb:.6g},{loss:.6g}\n"
-                                     for i, (ce, vb, loss) in enumerate(values)))
-            steps_file.flush()
-        except OSError as e:
-            raise DiskError(f"cannot write {steps_file.name}: {e.strerror or e}. Training stopped at step "
-                            f"{self.step}; {self._kept_state()}. Free some disk space, then resume the run.") from e
-        if finite:
-            ce, vb, loss = np.mean(finite, axis=0)
-            bar.set_postfix(ce=f"{ce:.3f}", vb=f"{vb:.3f}", loss=f"{loss:.3f}", refresh=False)
-        return finite
-
-    def _screen_steps(self, readings: list, first: int):
-        """Stop on a step that went wrong: a non-finite loss, or a gradient that was not finite (that
-        update was skipped on the device, so the weights stay finite). Under fp16 skipped steps are
-        counted and tolerated up to skip_tolerance in a row (see MAX_FP16_SKIPS_IN_A_ROW)."""
-        new_skips = []
-        for i, (ce, vb, loss, grad_norm) in enumerate(readings):
-            step = first + i
-            losses_finite = all(map(math.isfinite, (ce, vb, loss)))
-            if math.isfinite(grad_norm):
-                self._skips_in_a_row = 0
-                if losses_finite:
-                    continue
-            else:
-                new_skips.append(step)
-                self._skips_in_a_row += 1
-                if self._skips_in_a_row <= self.skip_tolerance:
-                    continue
-            problem = (f"loss became {loss} (ce {ce}, vb {vb}) at step {step}" if not losses_finite else
-                       f"the gradient was not finite at step {step} (its loss was {loss:.4g}); that update was skipped")
-            if self._skips_in_a_row > 1:
-                problem += (f"; steps {step - self._skips_in_a_row + 1}-{step} were all skipped, although the fp16 "
-                            f"gradient scaler lowered its scale after each")
-            self.skipped_steps += new_skips
-            raise NonFiniteLoss(f"{problem}; stopping: {self._kept_state()}. Try a lower learning rate.")
-        self.skipped_steps += new_skips
-        if new_skips and self.is_main:
-            log(f"step{'s' if len(new_skips) > 1 else ''} {', '.join(map(str, new_skips))}: fp16 gradient overflow, "
-                f"update skipped while the gradient scaler settles ({len(self.skipped_steps)} skipped so far)")
-
     def run(self, progress: bool = True, verbose: bool = False, on_step=None) -> dict:
         """Train until the epochs or max_steps run out. Ctrl-C (or a notebook interrupt) lets the step under
         way finish, then saves last.pt: a resumed run continues exactly (see DeferredInterrupt)."""
-        cfg = self.cfg
-        self.skipped_steps, self._skips_in_a_row = [], 0
         if self.step >= self.total_steps:
             log(f"{self.run_dir}: already trained for {self.step} steps; nothing to do")
             return self.summary()
         from tqdm.auto import tqdm
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (progress and self.is_main),
                    unit="step", dynamic_ncols=True, file=sys.stderr)
-        buffer = torch.zeros(cfg.log_every, 4, device=self.device)   # per-step (ce, vb, loss, grad norm), read every log_every
-        n_buf, last_save, mid_step = 0, time.time(), False
-        self._saved_step = self.step
+        interrupt = DeferredInterrupt(enabled=self.world == 1)  # ranks must stop at the same step (collectives)
         self.model.train()
-        steps_file = open(self.run_dir / "history_steps.csv", "a") if self.is_main else None
-        # Ranks must stop at the same step (collectives), so only a single process defers Ctrl-C.
-        interrupt = DeferredInterrupt(enabled=self.world == 1)
+        self.steps.open()
         interrupt.install()
         try:
             while self.step < self.total_steps:
-                order = self.epoch_rows[epoch_permutation(len(self.epoch_rows), cfg.seed, self.epoch, self.device)]
-                first = self.step - self.epoch * self.steps_per_epoch    # > 0 after a mid-epoch resume
-                last = min(self.steps_per_epoch, first + self.total_steps - self.step)
-                epoch_values = []
-                for b in range(first, last):
-                    if interrupt.requested:             # between steps: the state is one the run passes through
-                        raise KeyboardInterrupt
-                    idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                    mid_step = True
-                    buffer[n_buf] = self.train_step(*self.train_data.batch(idx))
-                    self.step, n_buf, mid_step = self.step + 1, n_buf + 1, False
-                    bar.update(1)
-                    if n_buf == cfg.log_every:
-                        epoch_values += self.flush(buffer, n_buf, steps_file, bar)
-                        n_buf = 0
-                        if self.agree(time.time() - last_save > cfg.save_every_minutes * 60):
-                            self.save()
-                            last_save = time.time()
-                    if on_step is not None:
-                        on_step(self.step)
-                epoch_values += self.flush(buffer, n_buf, steps_file, bar)
-                n_buf = 0
-                self.end_epoch(epoch_values, verbose, partial=last < self.steps_per_epoch)
-                last_save = time.time()
+                self.run_epoch(bar, interrupt, verbose, on_step)
         except KeyboardInterrupt:
-            if self.world == 1 and not (mid_step or interrupt.hard):
-                self.flush(buffer, n_buf, steps_file, bar)
-                self.save()
-                log(f"\ninterrupted: saved {self.run_dir}/last.pt at step {self.step}; to continue, {control('resume')}")
-            elif self.world == 1:
-                log(f"\ninterrupted {f'during step {self.step + 1}' if mid_step else 'at once'}: nothing saved; "
-                    f"{self._kept_state()}")
+            self.interrupted(bar, hard=interrupt.hard)
             raise
         finally:
             interrupt.restore()
-            if steps_file:
-                steps_file.close()
+            self.steps.close()
             bar.close()
         if self.world > 1:              # rank 0 still scores, saves and plots; leaving early races its teardown
             torch.distributed.barrier()
         return self.summary()
+
+    def run_epoch(self, bar, interrupt: DeferredInterrupt, verbose: bool, on_step):
+        """The rest of the current epoch (all of it, but after a mid-epoch resume), then its end."""
+        cfg = self.cfg
+        order = self.epoch_rows[epoch_permutation(len(self.epoch_rows), cfg.seed, self.epoch, self.device)]
+        first = self.step - self.epoch * self.steps_per_epoch
+        last = min(self.steps_per_epoch, first + self.total_steps - self.step)
+        values, last_save = [], time.time()
+        for b in range(first, last):
+            if interrupt.requested:                     # between steps: the state is one the run passes through
+                raise KeyboardInterrupt
+            self.mid_step = True
+            full = self.steps.record(self.train_step(*self.train_data.batch(order[b * cfg.batch_size:
+                                                                                  (b + 1) * cfg.batch_size])))
+            self.step, self.mid_step = self.step + 1, False
+            bar.update(1)
+            if full:
+                values += self.steps.flush(self.step, self.epoch, bar)
+                if self.agree(time.time() - last_save > cfg.save_every_minutes * 60):
+                    self.save()
+                    last_save = time.time()
+            if on_step is not None:
+                on_step(self.step)
+        values += self.steps.flush(self.step, self.epoch, bar)
+        self.end_epoch(values, verbose, partial=last < self.steps_per_epoch)
+
+    def interrupted(self, bar, hard: bool):
+        """Ctrl-C: between steps, save the state the run reached; during a step (a second Ctrl-C), keep the
+        last checkpoint. Ranks of a data-parallel run stop together and save nothing here."""
+        if self.world > 1:
+            return
+        if not (self.mid_step or hard):
+            self.steps.flush(self.step, self.epoch, bar)
+            self.save()
+            log(f"\ninterrupted: saved {self.run_dir}/last.pt at step {self.step}; to continue, {control('resume')}")
+        else:
+            log(f"\ninterrupted {f'during step {self.step + 1}' if self.mid_step else 'at once'}: nothing saved; "
+                f"{self.kept_state()}")
 
     def agree(self, flag: bool) -> bool:
         """Rank 0's decision, on every rank (clocks differ; collective calls must not)."""
@@ -1592,12 +1716,12 @@ class Trainer:
             self.epoch += 1
         if not self.is_main:
             return
-        train = np.mean(values, axis=0) if values else [float("nan")] * 3
+        train_means = np.mean(values, axis=0) if values else [float("nan")] * 3
         sampler = self.ema if self.ema is not None else self.model        # best.pt: the weights that sample
         val = heldout_losses(sampler, self.diffusion, self.val_data, self.cfg) if len(self.val_data) else {}
         record = {"epoch": number, "step": self.step, "lr": self.scheduler.get_last_lr()[0],
-                  "train_ce": float(train[0]), "train_vb": float(train[1]), "train_loss": float(train[2]),
-                  **{f"val_{k}": v for k, v in val.items()}, "partial": partial}
+                  "train_ce": float(train_means[0]), "train_vb": float(train_means[1]),
+                  "train_loss": float(train_means[2]), **{f"val_{k}": v for k, v in val.items()}, "partial": partial}
         self.history.append(record)
         val_loss = val.get("loss", record["train_loss"])
         is_best = val_loss < self.best_val
@@ -1606,15 +1730,15 @@ class Trainer:
         write_json(self.run_dir / "history.json", {"epochs": self.history, "ln_k": math.log(self.diffusion.K)})
         plot_convergence(self.run_dir)
         if verbose:
-            log(f"epoch {record['epoch']} step {self.step}: train ce {record['train_ce']:.4f} vb "
-                f"{record['train_vb']:.4f} | held-out ce {val.get('ce', float('nan')):.4f} vb "
-                f"{val.get('vb', float('nan')):.4f} loss {val_loss:.4f}{' (best)' if is_best else ''}")
+            log(f"epoch {number} step {self.step}: train ce {record['train_ce']:.4f} vb {record['train_vb']:.4f} "
+                f"| held-out ce {val.get('ce', float('nan')):.4f} vb {val.get('vb', float('nan')):.4f} loss "
+                f"{val_loss:.4f}{' (best)' if is_best else ''}")
 
     def summary(self) -> dict:
         last = self.history[-1] if self.history else {}
         return {"run_dir": str(self.run_dir), "step": self.step, "epoch": self.epoch,
                 "best_val_loss": self.best_val, "last": last, "params": count_params(self.model),
-                "skipped_steps": len(getattr(self, "skipped_steps", []))}
+                "skipped_steps": len(self.steps.skipped_steps)}
 
 
 def train(cfg: Config, run_dir, resume: bool = False, skip_invalid: bool = False, progress: bool = True,
@@ -1647,23 +1771,31 @@ class Run:
     run_dir: Path
 
 
+def new_run(cfg: Config, vocab: Vocab, device, weights: dict | None = None, stats: dict | None = None,
+            run_dir=".") -> Run:
+    """A Run from its parts: the model with these weights (a freshly initialised one without)."""
+    model = build_model(cfg, vocab)
+    if weights is not None:
+        model.load_state_dict(weights)
+    return Run(cfg, vocab, model.to(device).eval(), D3PM(len(vocab.letters), cfg.n_steps, device), stats or {},
+               device, Path(run_dir))
+
+
 def load_run(run_dir, checkpoint: str = "best", device: str = "auto") -> Run:
     """A model ready to sample, from a run directory (see checkpoint_path) or a model file (export_model)."""
     run_dir = Path(run_dir)
     path = run_dir if run_dir.is_file() else checkpoint_path(run_dir, checkpoint)
-    run_dir = path.parent
     ckpt = load_checkpoint(path)
-    cfg = config_from_saved(ckpt["config"])
-    vocab = Vocab(ckpt["letters"], ckpt["targets"])
-    dev = pick_device(device)
-    model = X0Transformer(cfg, vocab.size, vocab.num_targets)
     try:
-        model.load_state_dict(sampling_weights(ckpt))
+        return new_run(config_from_saved(ckpt["config"]), Vocab(ckpt["letters"], ckpt["targets"]), pick_device(device),
+                       sampling_weights(ckpt), ckpt.get("stats") or read_data_stats(path.parent), path.parent)
     except RuntimeError as e:
         raise DataError(f"{path}: weights do not match the config stored with them: {e}") from e
-    stats_path = run_dir / "data_stats.json"
-    stats = ckpt.get("stats") or (json.loads(stats_path.read_text()) if stats_path.exists() else {})
-    return Run(cfg, vocab, model.to(dev).eval(), D3PM(len(vocab.letters), cfg.n_steps, dev), stats, dev, run_dir)
+
+
+def as_run(run, checkpoint: str = "best", device: str = "auto") -> Run:
+    """`run` itself when it is a Run, else the run loaded from that folder or model file."""
+    return run if isinstance(run, Run) else load_run(run, checkpoint=checkpoint, device=device)
 
 
 def length_probs(run: Run, label: int, target: str | None, min_length: int, max_length: int) -> np.ndarray:
@@ -1745,8 +1877,16 @@ def identity(a: str, b: str) -> float:
     return sum(x == y for x, y in zip(a, b)) / max(len(a), 1)
 
 
-def check_seed_peptide(run: Run, seq: str, what: str, standard_only: bool, min_length: int, max_length: int,
-                       wildcard: str = "") -> str:
+def check_condition(run: Run, label: int, target: str | None) -> int:
+    """The target id of a condition (a target implies label 1), or a DataError saying what is wrong."""
+    if label not in (0, 1):
+        raise DataError(f"label must be 0 or 1, not {label}")
+    if target and label == 0:
+        raise DataError("a target goes with label 1 (background peptides have no target)")
+    return run.vocab.target_id(target)
+
+
+def check_seed_peptide(run: Run, seq: str, what: str, standard_only: bool, wildcard: str = "") -> str:
     """A parent or template, uppercase, or a DataError naming what is wrong with it."""
     given, seq = seq.strip(), seq.strip().upper()
     problem = peptide_problem(seq, run.vocab.letters, wildcard)
@@ -1756,60 +1896,73 @@ def check_seed_peptide(run: Run, seq: str, what: str, standard_only: bool, min_l
                    f"outputs hold only those unless rare letters are allowed (--allow-rare, standard_only=False)")
     if problem:
         raise DataError(f"{what} '{given}': {problem}")
-    if not min_length <= len(seq) <= max_length:
-        raise DataError(f"{what} '{given}' has length {len(seq)}, outside the requested length range "
-                        f"{min_length}-{max_length} (outputs keep its length)")
     return seq
+
+
+def sample_batches(run: Run, n: int, lengths_of, label: int, target_id: int, guidance: float, standard_only: bool,
+                   seed: int, batch_size: int, x0=None, start_step: int | None = None, keep=None):
+    """The sampler every mode shares: n peptides in batches of batch_size (yielded as lists of strings), so
+    memory stays flat however many are asked for. lengths_of(m) gives the next m peptides' lengths; x0,
+    start_step and keep (one row each, see sample_tokens) are repeated for every peptide."""
+    g = torch.Generator(device=run.device).manual_seed(seed)
+    repeat = lambda v, m: None if v is None else v.expand(m, -1)
+    for start in range(0, n, batch_size):
+        m = min(batch_size, n - start)
+        tokens = sample_tokens(run, lengths_of(m), label, target_id, guidance, standard_only, g, repeat(x0, m),
+                               start_step, repeat(keep, m))
+        yield run.vocab.decode(tokens)
 
 
 def generate(run, n: int = 100, label: int = 1, target: str | None = None, min_length: int = MIN_LEN,
              max_length: int = MAX_LEN, seed: int = 0, guidance: float = DEFAULT_GUIDANCE,
-             standard_only: bool = True, batch_size: int = 1024, checkpoint: str = "best",
-             device: str = "auto", parent: str | None = None, strength: float | None = None,
-             template: str | None = None) -> list:
-    """n peptides for a condition. `run` is a Run or a run directory. A target implies label 1.
-    parent: n variants of that peptide, of its length: it is noised to the step that matches `strength`
-    (0: the parent itself; 1: pure noise, as without a parent; default 0.5) and denoised under the
-    condition. template: the outputs' length in characters, residue letters kept at every reverse step
-    and x where the model writes (e.g. xxPPxYxx)."""
-    if not isinstance(run, Run):
-        run = load_run(run, checkpoint=checkpoint, device=device)
-    if label not in (0, 1):
-        raise DataError(f"label must be 0 or 1, not {label}")
-    if target and label == 0:
-        raise DataError("a target goes with label 1 (background peptides have no target)")
+             standard_only: bool = True, batch_size: int = 1024) -> list:
+    """n peptides for a condition (label 1 or 0; a target implies label 1; no target: any target), their
+    lengths drawn from the training lengths within [min_length, max_length]. `run`: a Run or a run folder."""
+    return [p for batch in generate_batches(run, n, label, target, min_length, max_length, seed, guidance,
+                                            standard_only, batch_size) for p in batch]
+
+
+def generate_batches(run, n: int = 100, label: int = 1, target: str | None = None, min_length: int = MIN_LEN,
+                     max_length: int = MAX_LEN, seed: int = 0, guidance: float = DEFAULT_GUIDANCE,
+                     standard_only: bool = True, batch_size: int = 1024):
+    """generate()'s peptides batch by batch, as they are made (the command line prints them so)."""
+    run = as_run(run)
+    target_id = check_condition(run, label, target)
     if not MIN_LEN <= min_length <= max_length <= MAX_LEN:
         raise DataError(f"length range {min_length}-{max_length} must lie within {MIN_LEN}-{MAX_LEN}")
-    if parent is not None and template is not None:
-        raise DataError("give a parent peptide to vary or a template to fill, not both")
-    if strength is not None and parent is None:
-        raise DataError("a strength goes with a parent peptide to vary")
-    strength = DEFAULT_STRENGTH if strength is None else strength
+    rng, p = np.random.default_rng(seed), length_probs(run, label, target, min_length, max_length)
+    yield from sample_batches(run, n, lambda m: rng.choice(MAX_LEN + 1, size=m, p=p), label, target_id, guidance,
+                              standard_only, seed, batch_size)
+
+
+def generate_variants(run, parent: str, n: int = 100, strength: float = DEFAULT_STRENGTH, label: int = 1,
+                      target: str | None = None, seed: int = 0, guidance: float = DEFAULT_GUIDANCE,
+                      standard_only: bool = True, batch_size: int = 1024) -> list:
+    """n variants of a peptide, of its length: it is noised to the step that matches `strength` (0: the
+    parent itself; 1: pure noise, as plain sampling) and denoised under the condition."""
+    run = as_run(run)
+    target_id = check_condition(run, label, target)
     if not 0 <= strength <= 1:
         raise DataError(f"strength must lie in [0, 1] (0: the parent unchanged, 1: from pure noise), not {strength}")
-    target_id = run.vocab.target_id(target)
-    x0 = start_step = keep = None
-    if parent is not None or template is not None:
-        what, given = ("template", template) if template is not None else ("parent", parent)
-        seq = check_seed_peptide(run, given, what, standard_only, min_length, max_length, "X" if template else "")
-        lengths = np.full(n, len(seq))
-        x0 = torch.from_numpy(run.vocab.encode([seq.replace("X", run.vocab.letters[0]) if template else seq]))
-        if template is not None:                        # X: write here; the letter under it is never seen
-            keep = torch.tensor([[c != "X" for c in seq] + [False] * (MAX_LEN - len(seq))])
-        else:
-            start_step = strength_step(strength, run.diffusion.T)
-    else:
-        rng = np.random.default_rng(seed)
-        lengths = rng.choice(MAX_LEN + 1, size=n, p=length_probs(run, label, target, min_length, max_length))
-    g = torch.Generator(device=run.device).manual_seed(seed)
-    repeat = lambda v, m: None if v is None else v.expand(m, -1)       # the parent or template, m times
-    out = []
-    for start in range(0, n, batch_size):
-        part = lengths[start:start + batch_size]
-        tokens = sample_tokens(run, part, label, target_id, guidance, standard_only, g, repeat(x0, len(part)),
-                               start_step, repeat(keep, len(part)))
-        out += run.vocab.decode(tokens)
-    return out
+    seq = check_seed_peptide(run, parent, "parent", standard_only)
+    x0 = torch.from_numpy(run.vocab.encode([seq]))
+    batches = sample_batches(run, n, lambda m: np.full(m, len(seq)), label, target_id, guidance, standard_only, seed,
+                             batch_size, x0, strength_step(strength, run.diffusion.T))
+    return [p for batch in batches for p in batch]
+
+
+def fill_template(run, template: str, n: int = 100, label: int = 1, target: str | None = None, seed: int = 0,
+                  guidance: float = DEFAULT_GUIDANCE, standard_only: bool = True, batch_size: int = 1024) -> list:
+    """n peptides that keep a template's residue letters at every reverse step and write where it has x
+    (e.g. xxPPxYxx); the template sets their length."""
+    run = as_run(run)
+    target_id = check_condition(run, label, target)
+    seq = check_seed_peptide(run, template, "template", standard_only, wildcard="X")
+    x0 = torch.from_numpy(run.vocab.encode([seq.replace("X", run.vocab.letters[0])]))  # the letter under X is never seen
+    keep = torch.tensor([[c != "X" for c in seq] + [False] * (MAX_LEN - len(seq))])
+    batches = sample_batches(run, n, lambda m: np.full(m, len(seq)), label, target_id, guidance, standard_only, seed,
+                             batch_size, x0, keep=keep)
+    return [p for batch in batches for p in batch]
 
 
 def sample_table(run: Run, target: str | None = None, n: int = 10, min_length: int = MIN_LEN,
@@ -1829,7 +1982,7 @@ def sample_table(run: Run, target: str | None = None, n: int = 10, min_length: i
 
 
 # =============================================================================================
-# Evaluation: held-out likelihood, sample quality and conditioning, each beside its baseline
+# Scoring: the variational bound of each peptide, and a score for a target against background
 # =============================================================================================
 
 
@@ -1902,8 +2055,7 @@ def score(run, peptides, target: str | None = None, label: int = 1, draws: int =
     means more like the target's peptides. A peptide's score depends only on it, the run and the seed.
     `run` is a Run or a run directory. Returns one dict per peptide, in order: peptide, score,
     condition_bits, background_bits, length."""
-    if not isinstance(run, Run):
-        run = load_run(run, checkpoint=checkpoint, device=device)
+    run = as_run(run, checkpoint, device)
     if label != 1:
         raise DataError(f"the score compares a condition with background (label 0), so its label is 1, not {label}")
     if draws < 1:
@@ -1941,939 +2093,49 @@ def format_scores(results: list, ranked: bool = False) -> str:
     return "\n".join(out)
 
 
-def composition(sequences, letters: str = RESIDUES) -> np.ndarray:
-    """Residue frequencies over `letters` (letters outside it are not counted)."""
-    counts = np.zeros(len(letters))
-    index = {c: i for i, c in enumerate(letters)}
-    for seq in sequences:
-        for c in seq:
-            if c in index:
-                counts[index[c]] += 1
-    return counts / max(counts.sum(), 1)
-
-
-def residue_counts(sequences) -> np.ndarray:
-    """(N, 20): how often each RESIDUES letter occurs in each peptide (other letters are not counted)."""
-    tokens = Vocab(RESIDUES, []).encode(sequences).astype(np.int64)
-    n = len(sequences)
-    return np.bincount((np.arange(n)[:, None] * 21 + tokens).ravel(), minlength=n * 21).reshape(n, 21)[:, 1:]
-
-
-def length_distribution(sequences) -> np.ndarray:
-    counts = np.bincount([len(s) for s in sequences], minlength=MAX_LEN + 1)[:MAX_LEN + 1].astype(float)
-    return counts / max(counts.sum(), 1)
-
-
-def entropy_bits(p) -> float:
-    p = np.asarray(p, dtype=float)
-    p = p[p > 0]
-    return float(-(p * np.log2(p)).sum())
-
-
-def js_divergence(p, q) -> float:
-    """Jensen-Shannon divergence in bits: 0 for equal distributions, 1 for disjoint ones."""
-    p, q = np.asarray(p, float) / np.sum(p), np.asarray(q, float) / np.sum(q)
-    m = (p + q) / 2
-    kl = lambda a: float(np.sum(a[a > 0] * np.log2(a[a > 0] / m[a > 0])))
-    return (kl(p) + kl(q)) / 2
-
-
-def sample_metrics(samples: list, reference: list, train_set: set) -> dict:
-    """Quality figures of generated peptides against held-out `reference` peptides of the same condition."""
-    valid = [s for s in samples if MIN_LEN <= len(s) <= MAX_LEN and set(s) <= set(RESIDUES)]
-    unique = set(samples)
-    return {"n": len(samples), "validity": len(valid) / max(len(samples), 1),
-            "uniqueness": len(unique) / max(len(samples), 1),
-            "novelty": len(unique - train_set) / max(len(unique), 1),
-            "js_composition": js_divergence(composition(samples) + 1e-12, composition(reference) + 1e-12),
-            "js_length": js_divergence(length_distribution(samples) + 1e-12, length_distribution(reference) + 1e-12)}
-
-
-def random_peptides(n: int, comp, length_p, seed: int = 0) -> list:
-    """The floor: residues drawn i.i.d. from a composition over RESIDUES, lengths from length_p."""
-    rng = np.random.default_rng(seed)
-    lengths = rng.choice(MAX_LEN + 1, size=n, p=length_p)
-    letters = np.array(list(RESIDUES))
-    return ["".join(rng.choice(letters, size=k, p=comp)) for k in lengths]
-
-
-# --- uncertainty: every verdict is a difference or a ratio with its standard error ----------------
-
-
-def ratio_and_se(num, den) -> tuple[float, float]:
-    """sum(num) / sum(den) and its standard error, the rows (num_i, den_i) being independent units
-    (the delta method for a ratio estimator). Bits per residue: num = a peptide's bits, den = its
-    residues; a paired difference: num = model bits - baseline bits of the same peptide; order
-    enrichment: num = a peptide's motif match, den = its mean match after shuffles."""
-    num, den = np.asarray(num, float), np.asarray(den, float)
-    if den.sum() == 0:                              # None: undefined (JSON null)
-        return (float("inf") if num.sum() > 0 else None), None
-    r = num.sum() / den.sum()
-    n = len(num)
-    se = float(math.sqrt(n / (n - 1) * np.sum((num - r * den) ** 2)) / den.sum()) if n > 1 else None
-    return float(r), se
-
-
-def rate_ratio(hits_a: float, n_a: int, hits_b: float, n_b: int) -> tuple[float, float]:
-    """(hits_a / n_a) / (hits_b / n_b) for two independent sets of peptides, and its standard error
-    (delta method on the log ratio)."""
-    if hits_b == 0:
-        return (float("inf") if hits_a > 0 else None), None
-    ratio = float((hits_a / n_a) / (hits_b / n_b))
-    if hits_a == 0:
-        return 0.0, None
-    return ratio, ratio * math.sqrt(max(1 / hits_a - 1 / n_a, 0) + max(1 / hits_b - 1 / n_b, 0))
-
-
-def verdict(diff: float, se: float, below: str, above: str) -> str:
-    """`below` when diff < 0 by more than 2 standard errors, `above` when > 0 by more, else not distinguishable."""
-    if diff is None:
-        return "-"
-    if se is None or abs(diff) <= 2 * se:
-        return "not distinguishable (within 2 SE)"
-    return below if diff < 0 else above
-
-
-# --- order: the same residues in another order --------------------------------------------------
-
-N_SHUFFLES = 10                 # seeded permutations per peptide for a shuffled motif rate
-
-
-def shuffle_residues(sequences, rng) -> list:
-    """Each peptide with its residues in a random order: the same length and composition, no order."""
-    return ["".join(rng.permutation(list(s))) for s in sequences]
-
-
-def motif_hits(pattern, sequences) -> np.ndarray:
-    """(N,) 1.0 where a peptide carries the motif (a compiled regex), else 0.0."""
-    return np.array([bool(pattern.search(s)) for s in sequences], dtype=float)
-
-
-def motif_order(pattern, sequences, n_shuffles: int = N_SHUFFLES, seed: int = 0) -> dict:
-    """A motif's rate in peptides, its rate after shuffling each peptide's residues (the mean over
-    n_shuffles seeded permutations), and order enrichment = rate / shuffled rate with its SE. Residues
-    that carry a motif only by composition give about 1; a motif written in order gives far more.
-    order_gain = rate - shuffled rate with its SE (paired per peptide) decides whether order is there:
-    it stays defined when no shuffled peptide carries the motif."""
-    rng = np.random.default_rng(seed)
-    hits = motif_hits(pattern, sequences)
-    shuffled = np.mean([motif_hits(pattern, shuffle_residues(sequences, rng)) for _ in range(n_shuffles)], axis=0) \
-        if len(sequences) else np.zeros(0)
-    enrichment, se = ratio_and_se(hits, shuffled)
-    gain, gain_se = ratio_and_se(hits - shuffled, np.ones(len(hits)))
-    return {"n": len(sequences), "rate": float(hits.mean()) if len(hits) else 0.0,
-            "shuffled_rate": float(shuffled.mean()) if len(hits) else 0.0,
-            "order_enrichment": enrichment, "order_enrichment_se": se, "order_gain": gain, "order_gain_se": gain_se}
-
-
-PAIR_GAPS = (1, 2, 3)           # residue pairs 1, 2 and 3 apart: dipeptides and pairs around 1-2 residues
-
-
-def pair_features(sequences, shuffled: bool = False) -> np.ndarray:
-    """(N, len(PAIR_GAPS) * 400): each peptide's frequencies of residue pairs (a, b) at each distance in
-    PAIR_GAPS, per pair of positions. With `shuffled`, their exact expectation over random orders of the
-    peptide's residues: c_a c_b / (L (L - 1)), c_a (c_a - 1) / (L (L - 1)) for a = b, the same at every
-    distance. Letters outside RESIDUES count in L but in no pair."""
-    n = len(sequences)
-    idx = Vocab(RESIDUES, []).encode(sequences).astype(np.int64) - 1          # -1: PAD or a rare letter
-    lengths = np.fromiter(map(len, sequences), dtype=np.float64, count=n)
-    rows = np.arange(n)[:, None]
-    if shuffled:
-        counts = residue_counts(sequences).astype(float)
-        pairs = counts[:, :, None] * counts[:, None, :] - counts[:, :, None] * np.eye(20)
-        return np.tile(pairs.reshape(n, 400) / (lengths * (lengths - 1))[:, None], len(PAIR_GAPS))
-    blocks = []
-    for gap in PAIR_GAPS:
-        a, b = idx[:, :-gap], idx[:, gap:]
-        ok = (a >= 0) & (b >= 0)
-        flat = (np.broadcast_to(rows, a.shape) * 400 + a * 20 + b)[ok]
-        blocks.append(np.bincount(flat, minlength=n * 400).reshape(n, 400) / np.maximum(lengths - gap, 1)[:, None])
-    return np.concatenate(blocks, axis=1)
-
-
-MAX_KMER_SAMPLES = 2000         # the k-mer statistic holds an n x n matrix
-
-
-def kmer_order(samples, reference) -> dict:
-    """Distance of the samples' residue-pair frequencies (pair_features) to the reference peptides',
-    against the same distance for the samples with their residues shuffled. A distance is an unbiased
-    estimate of the squared distance between the two sets' mean pair frequencies (its pairs i != j
-    only), so sets drawn alike score 0 in expectation, whatever their size. gain = shuffled distance -
-    distance: positive when the samples' order brings them closer to the reference. A set without order
-    (residues exchangeable within each peptide) has gain 0 in expectation by construction, since its
-    pairs' mean is then its shuffled pairs' mean. The standard error is the U-statistic's (Hoeffding)
-    for the samples plus the reference's linear share. None when either set has fewer than 2 peptides."""
-    samples = list(samples)[:MAX_KMER_SAMPLES]
-    if len(samples) < 2 or len(reference) < 2:
-        return None
-    A, B, H = pair_features(samples), pair_features(samples, shuffled=True), pair_features(reference)
-    n, m = len(A), len(H)
-    mean_a, mean_b, mean_h = A.mean(0), B.mean(0), H.mean(0)
-    u_h = (m * m * mean_h @ mean_h - (H * H).sum()) / (m * (m - 1))      # mean <h_i, h_j> over i != j
-    off = ~np.eye(n, dtype=bool)
-    gram_a, gram_b = A @ A.T, B @ B.T
-    shift = (B - A) @ mean_h
-    kernel = gram_b - gram_a - shift[:, None] - shift[None, :]        # gain = mean over i != j, given H
-    gain = float(kernel[off].mean())
-    h1 = (kernel.sum(1) - np.diag(kernel)) / (n - 1)                # each sample's mean kernel
-    sigma2 = kernel[off].var()
-    sigma1 = max(h1.var(ddof=1) - sigma2 / (n - 1), 0.0)                # h1's spread, less its own noise
-    var = (4 * (n - 2) * sigma1 + 2 * sigma2) / (n * (n - 1))
-    var += 4 * (H @ (mean_b - mean_a)).var(ddof=1) / m                # the reference's share: linear in H
-    distance = float(gram_a[off].mean() + u_h - 2 * mean_a @ mean_h)
-    return {"n": n, "reference_n": m, "distance": distance, "shuffled_distance": distance + gain,
-            "gain": gain, "gain_se": math.sqrt(max(var, 0.0))}
-
-
-# --- caricature: does a condition's samples differ from background as much as its data do? --------
-
-# Per-residue scales over RESIDUES: net charge at pH 7 (K, R +1; D, E -1; H mostly uncharged) and
-# Kyte-Doolittle hydropathy. A peptide's charge is the sum over its residues, its hydropathy the mean.
-PROPERTY_SCALES = {
-    "net charge": (dict(K=1.0, R=1.0, D=-1.0, E=-1.0), False),
-    "hydropathy": (dict(A=1.8, R=-4.5, N=-3.5, D=-3.5, C=2.5, Q=-3.5, E=-3.5, G=-0.4, H=-3.2, I=4.5, L=3.8, K=-3.9,
-                        M=1.9, F=2.8, P=-1.6, S=-0.8, T=-0.7, W=-0.9, Y=-1.3, V=4.2), True),
-}
-
-
-def peptide_property(sequences, name: str) -> np.ndarray:
-    """(N,) each peptide's value of a PROPERTY_SCALES property (letters outside RESIDUES count 0)."""
-    scale, per_residue = PROPERTY_SCALES[name]
-    values = residue_counts(sequences) @ np.array([scale.get(c, 0.0) for c in RESIDUES])
-    return values / np.maximum([len(s) for s in sequences], 1) if per_residue else values
-
-
-def mean_gap(a: np.ndarray, b: np.ndarray) -> tuple[float, float | None]:
-    """mean(a) - mean(b) of two independent sets, and its standard error (None below 2 values a set)."""
-    se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)) if min(len(a), len(b)) > 1 else None
-    return float(a.mean() - b.mean()), se
-
-
-def property_gaps(samples: dict, data: dict) -> dict:
-    """Per property: the label-1 minus label-0 gap of the samples' means and of the data's, each with its SE,
-    and `excess` = (samples' gap - data's gap) signed so that > 0 means the samples exaggerate the data's
-    gap (same direction, larger); ratio = samples' gap / data's gap. Guidance that pushes a condition away
-    from the unconditional model makes such a caricature: charge or hydropathy beyond the data's."""
-    out = {}
-    for name in PROPERTY_SCALES:
-        value = lambda sets, label: peptide_property(sets[label], name)
-        gap, gap_se = mean_gap(value(samples, 1), value(samples, 0))
-        data_gap, data_se = mean_gap(value(data, 1), value(data, 0))
-        direction = 1.0 if data_gap >= 0 else -1.0
-        out[name] = {"samples_gap": gap, "samples_gap_se": gap_se, "data_gap": data_gap, "data_gap_se": data_se,
-                     "ratio": gap / data_gap if data_gap else None,
-                     "ratio_se": abs(gap / data_gap) * math.hypot(gap_se / gap, data_se / data_gap)
-                     if data_gap and gap and None not in (gap_se, data_se) else None,
-                     "excess": direction * (gap - data_gap),
-                     "excess_se": math.hypot(gap_se, data_se) if None not in (gap_se, data_se) else None}
-    return out
-
-
-# --- baselines: each condition's own training composition -----------------------------------
-
-COMPOSITION_PRIOR = 20          # pseudo-residues: a target's composition leans on its label's by this weight
-
-
-def condition_compositions(train_rows: Rows, vocab: Vocab) -> dict:
-    """Residue composition over vocab.letters of each condition in training: "0" and "1" (one
-    pseudo-count per letter, so no residue gets probability 0) and, under "targets", every target
-    (its training residues plus COMPOSITION_PRIOR pseudo-residues of the label-1 composition, so a
-    target with few training peptides falls back on its label's)."""
-    tokens = vocab.encode(train_rows.sequences).astype(np.int64)
-    K = len(vocab.letters)
-    counts = lambda rows: np.bincount(tokens[rows].ravel(), minlength=K + 1)[1:].astype(float)
-    comps = {str(l): (counts(train_rows.labels == l) + 1) / (counts(train_rows.labels == l).sum() + K) for l in (0, 1)}
-    target_ids = vocab.target_ids(train_rows.targets)
-    per_target = np.bincount((target_ids[:, None] * (K + 1) + tokens).ravel(),
-                             minlength=vocab.num_targets * (K + 1)).reshape(vocab.num_targets, K + 1)[:, 1:]
-    prior = COMPOSITION_PRIOR * comps["1"]
-    comps["targets"] = {t: (per_target[i + 1] + prior) / (per_target[i + 1].sum() + COMPOSITION_PRIOR)
-                        for i, t in enumerate(vocab.targets)}
-    return comps
-
-
-def baseline_compositions(run: Run, train_rows: Rows | None) -> dict:
-    """condition_compositions of the run's training rows; when its data file is gone, the pooled
-    composition stored with the run for every condition ("matched": False says so)."""
-    if train_rows is not None:
-        return {**condition_compositions(train_rows, run.vocab), "matched": True}
-    pooled = np.asarray(run.stats["composition"], dtype=float)
-    return {"0": pooled, "1": pooled, "targets": {}, "matched": False}
-
-
-def condition_composition(comps: dict, label: int, target: str | None = None) -> np.ndarray:
-    return comps["targets"].get(target, comps[str(label)]) if target else comps[str(label)]
-
-
-def composition_bits(tokens, comps_per_row) -> np.ndarray:
-    """(N,) bits of each peptide (tokens (N, MAX_LEN)) under residues drawn i.i.d. from its own
-    composition (comps_per_row (N, K)): the cross-entropy a composition-only model pays."""
-    tokens = np.asarray(tokens, dtype=np.int64)
-    logp = np.log2(np.asarray(comps_per_row, float))
-    picked = np.take_along_axis(logp, (tokens - 1).clip(0), axis=1)
-    return -(picked * (tokens != PAD)).sum(1)
-
-
-def standard_composition(comp) -> np.ndarray:
-    """A composition over the vocabulary's letters cut to RESIDUES (the letters samples use), renormalized."""
-    comp = np.asarray(comp, float)[:len(RESIDUES)]
-    return comp / comp.sum()
-
-
-# --- the report -------------------------------------------------------------------------------
-
-
-def read_motifs(path) -> list[dict]:
-    """Motif classes from a JSON list of {"target", "elm_class", "description", "regex", "anchor"}.
-    A c_terminal regex must end with '$' so it can only match at the protein's last residue."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    try:
-        motifs = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(motifs, list) or not motifs:
-        raise DataError(f"{path}: expected a non-empty list of motif classes")
-    for i, m in enumerate(motifs):
-        where = f"{path}, motif {i + 1}"
-        if not isinstance(m, dict) or not m.get("target") or not m.get("regex"):
-            raise DataError(f"{where}: needs a 'target' and a 'regex'")
-        if m.get("anchor", "internal") not in ("internal", "c_terminal"):
-            raise DataError(f"{where}: anchor '{m['anchor']}' is not 'internal' or 'c_terminal'")
-        if m.get("anchor") == "c_terminal" and not m["regex"].endswith("$"):
-            raise DataError(f"{where}: a c_terminal regex must end with '$'")
-        try:
-            re.compile(m["regex"])
-        except re.error as e:
-            raise DataError(f"{where}: bad regex '{m['regex']}' ({e})") from e
-    return motifs
-
-
-
-def load_motifs(path=DEMO_MOTIFS) -> dict:
-    """target -> compiled regex, from a motifs JSON (see read_motifs)."""
-    return {m["target"]: re.compile(m["regex"]) for m in read_motifs(path)}
-
-
-def evaluation_split(run: Run, data=None) -> tuple[Rows, Rows | None]:
-    """(held-out rows, training rows): the run's own split of its data, or all of `data` held out when
-    it is another file (the training rows then come from the run's data, when that file is still there).
-    A file with letters the model never saw is refused: it could neither score nor compare them. The run's
-    own data are read as training read them (without the rows it skipped, when it was told to skip)."""
-    train_path = run.cfg.data or str(DEMO_DATA)
-    skipped = run.stats.get("skip_invalid", False)
-    rows = load_rows(data) if data else load_rows(train_path, skip_invalid=skipped)
-    if data:
-        foreign = re.compile(f"[^{run.vocab.letters}]")
-        problems = [(line, f"letter '{bad.group()}' at position {bad.start() + 1} is not in this model's "
-                           f"vocabulary ({run.vocab.letters})")
-                    for line, seq in zip(rows.lines.tolist(), rows.sequences) if (bad := foreign.search(seq))]
-        if problems:
-            raise DataError(summarize_problems(rows.path, problems) + "\nRemove these rows (or evaluate a model "
-                            "trained on data with these letters).")
-    if data and Path(data).resolve() != Path(train_path).resolve():
-        train_rows = load_rows(train_path, skip_invalid=skipped) if Path(train_path).exists() else None
-        if train_rows is not None:
-            train_rows = subset_rows(train_rows, split_indices(train_rows, run.cfg.val_fraction)[0])
-        val = rows
-    else:
-        train_idx, val_idx = split_indices(rows, run.cfg.val_fraction)
-        val, train_rows = subset_rows(rows, val_idx), subset_rows(rows, train_idx)
-    unknown = sorted({t for t in val.targets if t} - set(run.vocab.targets))
-    if unknown:
-        raise DataError(f"{val.path}: targets the model was not trained on: {', '.join(unknown[:10])}")
-    return val, train_rows
-
-
-MIN_TARGET_ROWS = 5             # held-out rows a target needs for likelihood figures of its own (with their SE)
-DEFAULT_NOISE_DRAWS = 16         # on the demo, label 1's paired SE: about 0.07 bits with 1 draw, 0.02 with 16
-
-
-def peptide_bits(run: Run, rows: Rows, generator=None, n_draws: int = 1, shuffle_rng=None) -> np.ndarray:
-    """(N,) the bound in bits of each row's peptide given its label and target, averaged over n_draws
-    noise draws. With shuffle_rng: of the peptide with its residues shuffled, a new shuffle per draw
-    (so the average is over shuffles too)."""
-    label, target_id = torch.from_numpy(rows.labels), torch.from_numpy(run.vocab.target_ids(rows.targets))
-    if shuffle_rng is None:
-        x0 = torch.from_numpy(run.vocab.encode(rows.sequences))
-        return heldout_bound_nats(run, x0, label, target_id, generator, n_draws=n_draws).numpy() / math.log(2)
-    shuffled = lambda: Rows(rows.path, rows.labels, rows.targets, shuffle_residues(rows.sequences, shuffle_rng),
-                            rows.sources, rows.lines)
-    return np.mean([peptide_bits(run, shuffled(), generator) for _ in range(n_draws)], axis=0)
-
-
-def likelihood_summary(model_bits, baseline_bits, shuffled_bits, residues) -> dict:
-    """Bits per residue of one group of peptides: the model's bound, the composition baseline on the
-    same peptides, their paired difference, and order bits (bound on the peptides shuffled - on them
-    as they are), each difference with its standard error over peptides."""
-    model, se = ratio_and_se(model_bits, residues)
-    vs_comp = ratio_and_se(model_bits - baseline_bits, residues)
-    order = ratio_and_se(shuffled_bits - model_bits, residues)
-    return {"rows": len(residues), "residues": int(residues.sum()), "bits_per_residue": model,
-            "bits_per_residue_se": se, "composition_bits": ratio_and_se(baseline_bits, residues)[0],
-            "vs_composition": {"difference": vs_comp[0], "se": vs_comp[1]},
-            "shuffled_bits": ratio_and_se(shuffled_bits, residues)[0],
-            "order_bits": {"difference": order[0], "se": order[1]}}
-
-
-def likelihood_report(run: Run, val: Rows, train_rows: Rows | None, seed: int = 0, max_rows: int = 5000,
-                      n_draws: int = DEFAULT_NOISE_DRAWS) -> dict:
-    """Per label, and per target with MIN_TARGET_ROWS held-out rows: the held-out bound in bits per
-    residue beside the cross-entropy of the same rows under their own condition's training composition
-    (a label-0 row: the label-0 composition; a label-1 row: its target's), with the paired difference
-    and its SE; and order bits, the bound on the same rows with their residues shuffled minus the
-    bound on them as they are. Each bound averages n_draws noise draws per term (the shuffled one, one
-    draw on each of n_draws shuffles). At most max_rows rows per label: heldout_subset's."""
-    g = torch.Generator(device=run.device).manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    comps = baseline_compositions(run, train_rows)
-    out = {"noise_draws": n_draws, "uniform_bits": math.log2(len(run.vocab.letters)),
-           "matched_baseline": comps["matched"], "labels": {}, "targets": {}}
-    for label in (0, 1):
-        idx = np.flatnonzero(val.labels == label)
-        if len(idx) == 0:
-            continue
-        part = subset_rows(val, idx[heldout_subset(len(idx), max_rows)])
-        tokens = run.vocab.encode(part.sequences)
-        model_bits = peptide_bits(run, part, g, n_draws)
-        shuffled_bits = peptide_bits(run, part, g, n_draws, shuffle_rng=rng)
-        comp_bits = composition_bits(tokens, [condition_composition(comps, label, t) for t in part.targets])
-        residues = (tokens != PAD).sum(1)
-        out["labels"][str(label)] = likelihood_summary(model_bits, comp_bits, shuffled_bits, residues)
-        for target in sorted(set(part.targets) - {""}):
-            rows = np.array([t == target for t in part.targets])
-            if rows.sum() >= MIN_TARGET_ROWS:
-                out["targets"][target] = likelihood_summary(model_bits[rows], comp_bits[rows], shuffled_bits[rows],
-                                                            residues[rows])
-    return out
-
-
-def composition_gap(samples, baseline, reference, n_boot: int = 200, seed: int = 0) -> dict:
-    """JS(samples, reference) - JS(baseline, reference) in composition, and its bootstrap standard
-    error (the peptides of all three sets resampled): negative when the samples are the closer."""
-    counts = [residue_counts(s) for s in (samples, baseline, reference)]
-    def gap(picks):
-        comp = [c[p].sum(0) + 1e-12 for c, p in zip(counts, picks)]
-        return js_divergence(comp[0], comp[2]) - js_divergence(comp[1], comp[2])
-    rng = np.random.default_rng(seed)
-    boot = [gap([rng.integers(0, len(c), len(c)) for c in counts]) for _ in range(n_boot)]
-    return {"difference": gap([np.arange(len(c)) for c in counts]), "se": float(np.std(boot, ddof=1))}
-
-
-def sampling_report(run: Run, val: Rows, train_rows: Rows | None, n_samples: int = 1000, n_per_target: int = 200,
-                    seed: int = 0, guidance: float = DEFAULT_GUIDANCE, motifs=None, max_rows: int = 5000) -> dict:
-    """Samples per label against held-out peptides and a matched random baseline (residues and lengths
-    drawn from the same condition's training composition and lengths), with k-mer order (kmer_order)
-    for the samples, the baseline and the training peptides. Conditioning: label-1 vs label-0
-    composition distance and, for each motif target, the motif's rate in the target's samples, in a
-    baseline matched to the target, in background samples, its order enrichment and its specificity,
-    each beside the same figure for the target's training peptides; and property_gaps, the label-1 vs
-    label-0 gaps in charge and hydropathy of the samples beside the training peptides'."""
-    train_set = set(train_rows.sequences) if train_rows else set()
-    comps = baseline_compositions(run, train_rows)
-    rng = np.random.default_rng(seed)
-    reference = {l: [s for s, x in zip(val.sequences, val.labels.tolist()) if x == l] for l in (0, 1)}
-    samples, training_sets = {}, {}
-    report = {"matched_baseline": comps["matched"], "samples": {}, "conditioning": {}}
-    for label in (0, 1):
-        if not reference[label]:
-            continue
-        samples[label] = generate(run, n=n_samples, label=label, seed=seed, guidance=guidance)
-        comp = standard_composition(condition_composition(comps, label))
-        baseline = random_peptides(n_samples, comp, length_probs(run, label, None, MIN_LEN, MAX_LEN), seed)
-        kmer_reference = [reference[label][i] for i in heldout_subset(len(reference[label]), max_rows)]
-        training = [s for s, x in zip(train_rows.sequences, train_rows.labels.tolist()) if x == label] \
-            if train_rows else []
-        training = training_sets[label] = [training[i] for i in rng.permutation(len(training))[:n_samples]]
-        report["samples"][str(label)] = {
-            "model": sample_metrics(samples[label], reference[label], train_set),
-            "random_baseline": sample_metrics(baseline, reference[label], train_set),
-            "composition_vs_baseline": composition_gap(samples[label], baseline, reference[label], seed=seed),
-            "kmer_order": {"model": kmer_order(samples[label], kmer_reference),
-                           "random_baseline": kmer_order(baseline, kmer_reference),
-                           "training": kmer_order(training, kmer_reference)},
-            "composition": composition(samples[label]).tolist(),
-            "reference_composition": composition(reference[label]).tolist(), "baseline_composition": comp.tolist(),
-            "lengths": length_distribution(samples[label]).tolist(),
-            "reference_lengths": length_distribution(reference[label]).tolist()}
-    if 0 in samples and 1 in samples:
-        js = lambda a, b: js_divergence(composition(a) + 1e-12, composition(b) + 1e-12)
-        report["conditioning"]["label_js_composition"] = {"samples": js(samples[1], samples[0]),
-                                                          "heldout_data": js(reference[1], reference[0])}
-        data = training_sets if all(len(training_sets[l]) > 1 for l in (0, 1)) else reference
-        report["conditioning"]["property_gaps"] = {**property_gaps(samples, data),
-                                                   "data": "training" if data is training_sets else "held-out"}
-    report["conditioning"]["motifs"] = motif_report(run, samples.get(0), train_rows, comps, n_samples, n_per_target,
-                                                    seed, guidance, motifs)
-    return report
-
-
-def auroc_wins(pos, neg) -> np.ndarray:
-    """(n_pos, n_neg): 1 where a positive scores above a negative, 0.5 on a tie, 0 below."""
-    diff = np.asarray(pos, dtype=float)[:, None] - np.asarray(neg, dtype=float)[None, :]
-    return (diff > 0) + 0.5 * (diff == 0)
-
-
-def paired_auroc(scores: dict, n_pos: int, n_boot: int = 1000, seed: int = 0) -> dict:
-    """AUROC of several scorers on the same rows: scores maps a scorer's name to its scores of the n_pos
-    positives followed by the negatives. Each AUROC comes with a 95% bootstrap interval, and so does
-    each scorer's difference from the first one; positives and negatives are resampled apart, with the
-    same resamples for every scorer, so the differences (first minus the others) are paired."""
-    rng = np.random.default_rng(seed)
-    wins = {k: auroc_wins(v[:n_pos], v[n_pos:]) for k, v in scores.items()}
-    n_neg = next(iter(wins.values())).shape[1]
-    w_pos = rng.multinomial(n_pos, np.full(n_pos, 1 / n_pos), size=n_boot)
-    w_neg = rng.multinomial(n_neg, np.full(n_neg, 1 / n_neg), size=n_boot)
-    boot = {k: ((w_pos @ m) * w_neg).sum(1) / (n_pos * n_neg) for k, m in wins.items()}     # (n_boot,) AUROCs
-    interval = lambda x: [float(v) for v in np.percentile(x, [2.5, 97.5])]
-    first = next(iter(scores))
-    out = {"positives": n_pos, "negatives": n_neg, "difference": {}}
-    for k, m in wins.items():
-        out[k] = {"auroc": float(m.mean()), "interval": interval(boot[k])}
-        if k != first:
-            out["difference"][k] = {"value": float(wins[first].mean() - m.mean()),
-                                    "interval": interval(boot[first] - boot[k])}
-    return out
-
-
-def composition_log_odds(target_seqs: list, background_seqs: list, letters: str) -> dict:
-    """letter -> log2 of its frequency in target_seqs over background_seqs (add-one smoothed counts)."""
-    def freqs(seqs):
-        counts = composition(seqs, letters) * sum(map(len, seqs)) + 1
-        return counts / counts.sum()
-    return dict(zip(letters, np.log2(freqs(target_seqs) / freqs(background_seqs)).tolist()))
-
-
-def score_auroc_report(run: Run, val: Rows, train_rows: Rows | None, seed: int = 0, max_rows: int = 200,
-                       draws: int = DEFAULT_SCORE_DRAWS, min_positives: int = 3, max_targets: int = 20) -> dict:
-    """Is score() worth anything? Per target with at least min_positives held-out label-1 rows (the
-    max_targets with most): the AUROC of score(target) for its held-out peptides against held-out
-    background peptides, and against other targets' held-out peptides, beside a composition-only scorer
-    (log-odds of the target's training composition vs background's) on the same rows. At most max_rows
-    rows per set, drawn with the seed."""
-    if train_rows is None:
-        return {"note": "no training rows to build the composition scorer from"}
-    rng = np.random.default_rng(seed)
-    pick = lambda seqs: [seqs[i] for i in sorted(rng.permutation(len(seqs))[:max_rows])]
-    held_out = {}
-    for label, target, seq in zip(val.labels.tolist(), val.targets, val.sequences):
-        held_out.setdefault(target if label == 1 else None, []).append(seq)
-    background = pick(held_out.pop(None, []))
-    train_by_target = {}
-    for target, seq in zip(train_rows.targets, train_rows.sequences):
-        train_by_target.setdefault(target, []).append(seq)
-    eligible = sorted((t for t, seqs in held_out.items() if len(seqs) >= min_positives and t in train_by_target
-                       and t in run.vocab.targets), key=lambda t: (-len(held_out[t]), t))
-    report = {"targets": {}, "skipped_targets": len(held_out) - min(len(eligible), max_targets),
-              "min_positives": min_positives, "max_targets": max_targets, "max_rows": max_rows, "draws": draws}
-    if not background or not eligible:
-        return report
-    background_bits = {}
-    for target in eligible[:max_targets]:
-        positives = pick(held_out[target])
-        known = set(held_out[target]) | set(train_by_target[target])      # a peptide may bind several targets
-        others = pick([s for t, seqs in held_out.items() if t != target for s in seqs if s not in known])
-        log_odds = composition_log_odds(train_by_target[target], train_by_target.get("", []), run.vocab.letters)
-        report["targets"][target] = {}
-        for name, negatives in (("background", background), ("other_targets", others)):
-            if not negatives:
-                continue
-            rows = positives + negatives
-            fresh = sorted(set(rows) - set(background_bits))
-            if fresh:
-                background_bits.update(zip(fresh, condition_bits(run, fresh, 0, UNKNOWN_TARGET, draws, seed)))
-            cond = condition_bits(run, rows, 1, run.vocab.target_id(target), draws, seed)
-            scores = {"model": np.array([background_bits[s] for s in rows]) - cond,
-                      "composition": np.array([sum(log_odds[c] for c in s) for s in rows])}
-            report["targets"][target][name] = paired_auroc(scores, len(positives), seed=seed)
-    return report
-
-
-def format_score_auroc(report: dict) -> str:
-    """score_auroc_report as readable text: one row per target and set of negatives."""
-    out = ["Score ranking: AUROC of a target's score, its held-out peptides against others (0.5: chance; [95% "
-           "bootstrap interval]),", "beside a composition-only scorer (log-odds of the target's training composition "
-           "vs background's) on the same rows:"]
-    if not report.get("targets"):
-        return "\n".join(out + [f"  nothing to score: {report.get('note', 'no target with enough held-out rows')}"])
-    out.append(f"  {'target':16}{'against':15}{'pos':>5}{'neg':>5}  {'model':21}{'composition':21}model - composition")
-    ci = lambda x: f"[{x[0]:.2f}, {x[1]:.2f}]"
-    for target, sets in report["targets"].items():
-        for name, r in sets.items():
-            m, c, d = r["model"], r["composition"], r["difference"]["composition"]
-            verdict = ("model better" if d["interval"][0] > 0 else
-                       "model worse" if d["interval"][1] < 0 else "no difference shown")
-            out.append(f"  {target:16}{name.replace('_', ' '):15}{r['positives']:5}{r['negatives']:5}  "
-                       f"{m['auroc']:.3f} {ci(m['interval']):15}{c['auroc']:.3f} {ci(c['interval']):15}"
-                       f"{d['value']:+.3f} [{d['interval'][0]:+.2f}, {d['interval'][1]:+.2f}] {verdict}")
-    if report["skipped_targets"]:
-        out.append(f"  ({report['skipped_targets']} more target(s) with held-out rows not shown: fewer than "
-                   f"{report['min_positives']} held-out peptides, no training rows, or past the first "
-                   f"{report['max_targets']})")
-    return "\n".join(out)
-
-
-def motif_report(run: Run, background, train_rows: Rows | None, comps: dict, n_samples: int, n_per_target: int,
-                 seed: int, guidance: float, motifs=None) -> dict:
-    """Per motif target: the motif's rate in the target's samples, in a random baseline matched to the
-    target (its training composition and lengths: what composition alone buys), in background samples;
-    enrichment over background; order enrichment (motif_order); specificity, the motif's rate in its
-    own target's samples over its rate in the other motif targets' samples; and the order enrichment
-    and specificity of the target's training peptides. The demo's motifs for demo runs, else `motifs`."""
-    motifs = load_motifs(motifs) if motifs else (load_motifs() if not run.cfg.data else {})
-    motifs = {t: p for t, p in motifs.items() if t in run.vocab.targets}
-    if not motifs:
-        return {}
-    if background is None:
-        background = generate(run, n=n_samples, label=0, seed=seed, guidance=guidance)
-    on_target = {t: generate(run, n=n_per_target, label=1, target=t, seed=seed, guidance=guidance) for t in motifs}
-    training = {t: [s for s, x in zip(train_rows.sequences, train_rows.targets) if x == t] if train_rows else []
-                for t in motifs}
-    others = lambda sets, target: [s for t, seqs in sets.items() if t != target for s in seqs]
-    out = {}
-    for target, pattern in motifs.items():
-        samples = on_target[target]
-        matched = random_peptides(n_per_target, standard_composition(condition_composition(comps, 1, target)),
-                                  length_probs(run, 1, target, MIN_LEN, MAX_LEN), seed)
-        hits, bg_hits = motif_hits(pattern, samples).sum(), motif_hits(pattern, background).sum()
-        enrichment = rate_ratio(hits, len(samples), bg_hits, len(background))
-        order = motif_order(pattern, samples, seed=seed)
-        rest = others(on_target, target)
-        specificity = (rate_ratio(hits, len(samples), motif_hits(pattern, rest).sum(), len(rest)) if rest
-                       else (None, None))
-        data, data_specificity = None, (None, None)
-        if training[target]:
-            data = motif_order(pattern, training[target], seed=seed)
-            rest = others(training, target)
-            if rest:
-                data_specificity = rate_ratio(motif_hits(pattern, training[target]).sum(), len(training[target]),
-                                              motif_hits(pattern, rest).sum(), len(rest))
-        metrics = sample_metrics(samples, samples, set(train_rows.sequences) if train_rows else set())
-        out[target] = {"pattern": pattern.pattern, "n": len(samples), "target_rate": order["rate"],
-                       "baseline_rate": float(motif_hits(pattern, matched).mean()),
-                       "background_rate": bg_hits / max(len(background), 1),
-                       "enrichment": enrichment[0], "enrichment_se": enrichment[1],
-                       "shuffled_rate": order["shuffled_rate"], "order_enrichment": order["order_enrichment"],
-                       "order_enrichment_se": order["order_enrichment_se"], "order_gain": order["order_gain"],
-                       "order_gain_se": order["order_gain_se"],
-                       "specificity": specificity[0], "specificity_se": specificity[1],
-                       "uniqueness": metrics["uniqueness"], "novelty": metrics["novelty"],
-                       "training_rate": data["rate"] if data else None,
-                       "training_shuffled_rate": data["shuffled_rate"] if data else None,
-                       "training_order_enrichment": data["order_enrichment"] if data else None,
-                       "training_order_enrichment_se": data["order_enrichment_se"] if data else None,
-                       "training_specificity": data_specificity[0], "training_specificity_se": data_specificity[1]}
-    return out
-
-
-def evaluate(run_dir, data=None, n_samples: int = 1000, n_per_target: int = 200, seed: int = 0,
-             guidance: float = DEFAULT_GUIDANCE, motifs=None, max_rows: int = 5000,
-             n_draws: int = DEFAULT_NOISE_DRAWS, checkpoint: str = "best", device: str = "auto") -> dict:
-    """Held-out likelihood, sample quality, order and conditioning, each beside a baseline matched to
-    its condition and with its standard error. Writes evaluation.json in the run directory and returns
-    the report (see format_report)."""
-    if n_draws < 1:
-        raise DataError(f"noise draws (n_draws, --noise-draws) must be at least 1, not {n_draws}")
-    run = load_run(run_dir, checkpoint=checkpoint, device=device)
-    val, train_rows = evaluation_split(run, data)
-    report = {"run_dir": str(run_dir), "checkpoint": checkpoint, "guidance": guidance, "seed": seed,
-              "heldout_rows": len(val.sequences),
-              "likelihood": likelihood_report(run, val, train_rows, seed, max_rows, n_draws),
-              **sampling_report(run, val, train_rows, n_samples, n_per_target, seed, guidance, motifs, max_rows)}
-    report["score_auroc"] = score_auroc_report(run, val, train_rows, seed)
-    write_json(Path(run_dir) / "evaluation.json", report)
-    return report
-
-
-def guidance_sweep(run_dir, guidances, data=None, n_samples: int = 1000, n_per_target: int = 200, seed: int = 0,
-                   motifs=None, checkpoint: str = "best", device: str = "auto") -> list:
-    """sampling_report at each guidance value (same seed, so only the guidance differs). Writes
-    guidance_sweep.json in the run directory and returns the reports (see format_guidance_sweep)."""
-    run = load_run(run_dir, checkpoint=checkpoint, device=device)
-    val, train_rows = evaluation_split(run, data)
-    reports = [{"guidance": g, **sampling_report(run, val, train_rows, n_samples, n_per_target, seed, g, motifs)}
-               for g in guidances]
-    write_json(Path(run_dir) / "guidance_sweep.json", reports)
-    return reports
-
-
-def _pm(value, se, digits: int = 3, signed: bool = False) -> str:
-    """'value ± se', '-' for a missing value."""
-    if value is None:
-        return "-"
-    text = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-    return text + (f" ± {se:.{digits}f}" if se is not None else "")
-
-
-MOTIF_MEDIANS = ("target_rate", "baseline_rate", "background_rate", "enrichment", "order_enrichment",
-                 "training_order_enrichment", "uniqueness", "novelty")
-
-
-def motif_summary(motifs: dict) -> dict:
-    """A sampling report's motif conditioning (conditioning["motifs"]) over its targets: the median of each
-    MOTIF_MEDIANS figure (None where no target has it), and how many targets have their motif enriched over
-    background more than 2x and 5x, and written in order (rate above the shuffled rate by more than 2 SE)."""
-    out = {"targets": len(motifs)}
-    for key in MOTIF_MEDIANS:
-        values = [t[key] for t in motifs.values() if t[key] is not None]
-        out[key] = float(np.median(values)) if values else None
-    for fold in (2, 5):
-        out[f"enriched_{fold}x"] = sum((t["enrichment"] or 0) > fold for t in motifs.values())
-    out["in_order"] = sum(verdict(-t["order_gain"], t["order_gain_se"], "yes", "no") == "yes" for t in motifs.values())
-    return out
-
-
-def format_guidance_sweep(reports: list) -> str:
-    """One row per guidance value: label-1 sample quality beside the matched baseline's, k-mer order
-    gain, then motif conditioning over targets (motif_summary: medians and counts; the data's beside), then
-    the label-1 vs label-0 gaps in charge and hydropathy as a multiple of the training data's (1: as the data)."""
-    out = ["| guidance | label-1 valid | unique | novel | JS comp | baseline JS comp | k-mer order gain x1e3 "
-           "| motif rate on target | matched baseline | in background | targets enriched >2x "
-           "| order enrichment | data's order enrichment | targets in order (rate > shuffled by 2 SE) "
-           "| target samples unique | novel | charge gap / data's | hydropathy gap / data's |", "|---" * 18 + "|"]
-    number = lambda v: "-" if v is None else f"{v:.2f}"
-    for r in reports:
-        s = r["samples"].get("1", {})
-        m = s.get("model")
-        cells = [f"{m[k]:.3f}" for k in ("validity", "uniqueness", "novelty", "js_composition")] if m else ["-"] * 4
-        cells.append(f"{s['random_baseline']['js_composition']:.3f}" if m else "-")
-        k = s.get("kmer_order", {}).get("model")
-        cells.append(_pm(k["gain"] * 1e3, k["gain_se"] * 1e3, 2, signed=True) if k else "-")
-        motifs = r["conditioning"].get("motifs", {})
-        if motifs:
-            t = motif_summary(motifs)
-            cells += [number(t["target_rate"]), number(t["baseline_rate"]), number(t["background_rate"]),
-                      f"{t['enriched_2x']}/{t['targets']}", number(t["order_enrichment"]),
-                      number(t["training_order_enrichment"]), f"{t['in_order']}/{t['targets']}",
-                      number(t["uniqueness"]), number(t["novelty"])]
-        else:
-            cells += ["-"] * 9
-        gaps = r["conditioning"].get("property_gaps", {})
-        cells += [number(gaps.get(p, {}).get("ratio")) for p in PROPERTY_SCALES]
-        out.append(f"| {r['guidance']:g} | " + " | ".join(cells) + " |")
-    return "\n".join(out)
-
-
-def format_report(report: dict) -> str:
-    """The evaluation report as readable text: every verdict a difference or ratio with its standard
-    error (±), "not distinguishable" within 2 SE."""
-    lk = report["likelihood"]
-    out = [f"Evaluation of {report['run_dir']} ({report['checkpoint']}.pt, guidance {report['guidance']}, "
-           f"{report['heldout_rows']} held-out rows)", "",
-           f"Held-out likelihood (bits per residue, lower is better; bound averaged over {lk['noise_draws']} noise "
-           f"draws per term; ± one standard error over peptides):",
-           "  composition: the same peptides under their own condition's training composition "
-           f"({'label 0; label 1: its target' if lk['matched_baseline'] else 'POOLED: the training file is gone'}); "
-           f"uniform guess {lk['uniform_bits']:.3f}",
-           "  order bits: bound on the peptides with their residues shuffled minus on them as they are "
-           "(> 0: the model uses residue order)",
-           f"  {'':18}{'rows':>6}{'model':>8}{'comp.':>8}  {'model - comp.':<17}{'verdict':<36}"
-           f"{'order bits':<17}verdict"]
-    groups = [(f"label {l}", v) for l, v in lk["labels"].items()] + [(f"  {t}", v) for t, v in lk["targets"].items()]
-    for name, v in groups:
-        d, o = v["vs_composition"], v["order_bits"]
-        out.append(f"  {name:18}{v['rows']:>6}{v['bits_per_residue']:8.3f}{v['composition_bits']:8.3f}  "
-                   f"{_pm(d['difference'], d['se'], signed=True):<17}"
-                   f"{verdict(d['difference'], d['se'], 'beats composition', 'WORSE than composition'):<36}"
-                   f"{_pm(o['difference'], o['se'], signed=True):<17}"
-                   f"{verdict(-o['difference'], o['se'], 'uses residue order', 'PREFERS shuffled peptides')}")
-    if not lk["targets"]:
-        out.append(f"  (no target has {MIN_TARGET_ROWS} held-out rows: no per-target figures)")
-    out += ["", "Samples vs held-out peptides (JS divergence in bits: 0 = same distribution; random_baseline: "
-                "residues and lengths drawn from the same label's training composition and lengths"
-            + ("" if report.get("matched_baseline", True) else ", POOLED: the training file is gone") + "):",
-            f"  {'':24}{'validity':>9}{'unique':>9}{'novel':>9}{'JS comp':>9}{'JS len':>9}"]
-    for label, s in report["samples"].items():
-        for name in ("model", "random_baseline"):
-            m = s[name]
-            out.append(f"  label {label} {name:16}{m['validity']:9.3f}{m['uniqueness']:9.3f}{m['novelty']:9.3f}"
-                       f"{m['js_composition']:9.4f}{m['js_length']:9.4f}")
-        c = s["composition_vs_baseline"]
-        out.append(f"  label {label} JS comp, model - baseline {_pm(c['difference'], c['se'], 4, signed=True)}: "
-                   + verdict(c["difference"], c["se"], "samples closer to held-out composition than the baseline",
-                             "samples FARTHER from held-out composition than the baseline"))
-    out += ["", f"K-mer order (frequencies of residue pairs {'/'.join(map(str, PAIR_GAPS))} apart; squared distance "
-                f"to held-out peptides x1e3, unbiased: 0 = same; shuffled: each peptide's residues in random order; "
-                f"gain = shuffled - as is, > 0: order brings the peptides closer; a set without order gains 0):",
-            f"  {'':24}{'distance':>10}{'shuffled':>10}  gain"]
-    for label, s in report["samples"].items():
-        for name, k in s["kmer_order"].items():
-            if k is None:
-                continue
-            out.append(f"  label {label} {name:16}{k['distance'] * 1e3:10.3f}{k['shuffled_distance'] * 1e3:10.3f}  "
-                       f"{_pm(k['gain'] * 1e3, k['gain_se'] * 1e3, signed=True):<17}"
-                       + verdict(-k["gain"], k["gain_se"], "order brings them closer", "order takes them farther"))
-    cond = report["conditioning"]
-    if "label_js_composition" in cond:
-        c = cond["label_js_composition"]
-        out += ["", f"Label conditioning: JS(label-1 vs label-0 composition) samples {c['samples']:.4f}, "
-                    f"held-out data {c['heldout_data']:.4f}"]
-    if "property_gaps" in cond:
-        gaps = cond["property_gaps"]
-        out += [f"  label-1 minus label-0 mean, samples beside the {gaps['data']} peptides (excess > 0: the samples "
-                f"exaggerate the data's gap, a caricature of the condition):"]
-        for name in PROPERTY_SCALES:
-            g = gaps[name]
-            out.append(f"  {name:12} samples {_pm(g['samples_gap'], g['samples_gap_se'], signed=True):<17}"
-                       f"data {_pm(g['data_gap'], g['data_gap_se'], signed=True):<17}"
-                       f"ratio {_pm(g['ratio'], g['ratio_se'], 2):<13}"
-                       f"excess {_pm(g['excess'], g['excess_se'], signed=True):<17}"
-                       + verdict(g["excess"], g["excess_se"], "samples understate the data's gap",
-                                 "samples EXAGGERATE the data's gap"))
-    if cond.get("motifs"):
-        out += ["", "Target conditioning: the fraction of peptides carrying the target's motif in the target's "
-                    "samples, "
-                    "a random baseline with the target's training composition and lengths, and background samples; "
-                    "enrichment = target / background; order enr. = rate / rate with each peptide's residues shuffled "
-                    f"({N_SHUFFLES} permutations; about 1 when composition alone makes the motif); specificity = rate "
-                    "in the target's samples / in the other targets' samples; 'data': the target's training peptides; "
-                    "± one SE; unique and novel: of the target's samples",
-                f"  {'target':14}{'rate':>6}{'matched':>8}{'backgr.':>8}{'enrichment':>17}{'order enr.':>17}"
-                f"{'data order enr.':>17}{'specificity':>17}{'data spec.':>17}{'data rate':>10}{'unique':>7}"
-                f"{'novel':>7}"]
-        for target, m in cond["motifs"].items():
-            out.append(f"  {target:14}{m['target_rate']:6.3f}{m['baseline_rate']:8.3f}{m['background_rate']:8.3f}"
-                       f"{_pm(m['enrichment'], m['enrichment_se'], 1):>17}"
-                       f"{_pm(m['order_enrichment'], m['order_enrichment_se'], 1):>17}"
-                       f"{_pm(m['training_order_enrichment'], m['training_order_enrichment_se'], 1):>17}"
-                       f"{_pm(m['specificity'], m['specificity_se'], 1):>17}"
-                       f"{_pm(m['training_specificity'], m['training_specificity_se'], 1):>17}"
-                       f"{_pm(m['training_rate'], None, 2):>10}{m['uniqueness']:7.3f}{m['novelty']:7.3f}")
-    if "score_auroc" in report:
-        out += ["", format_score_auroc(report["score_auroc"])]
-    return "\n".join(out)
-
-
-# =============================================================================================
-# Plots
-# =============================================================================================
-
-
-def _pyplot():
-    """pyplot without a display where there is none (CLI, CI); notebooks keep their inline backend."""
-    import matplotlib
-    if "matplotlib.pyplot" not in sys.modules and "ipykernel" not in sys.modules:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def plot_evaluation(report: dict, out=None):
-    """Amino-acid composition (held-out data vs samples vs the random floor) and length distributions,
-    one row per label. Saved as evaluation.png in the run directory unless `out` says otherwise."""
-    plt = _pyplot()
-    labels = sorted(report["samples"])
-    fig, axes = plt.subplots(len(labels), 2, figsize=(13, 3.4 * len(labels)), squeeze=False)
-    x = np.arange(len(RESIDUES))
-    for row, label in zip(axes, labels):
-        s = report["samples"][label]
-        for k, (key, name) in enumerate([("reference_composition", "held-out data"), ("composition", "samples"),
-                                         ("baseline_composition", "random baseline (its training composition)")]):
-            row[0].bar(x + (k - 1) * 0.27, s[key], width=0.27, label=name)
-        row[0].set_xticks(x, list(RESIDUES))
-        row[0].set_title(f"label {label}: amino-acid composition")
-        row[0].legend(fontsize=7)
-        lengths = np.arange(MAX_LEN + 1)
-        row[1].bar(lengths - 0.2, s["reference_lengths"], width=0.4, label="held-out data")
-        row[1].bar(lengths + 0.2, s["lengths"], width=0.4, label="samples")
-        row[1].set_xlim(MIN_LEN - 1, MAX_LEN + 1)
-        row[1].set_title(f"label {label}: length distribution")
-        row[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out or Path(report["run_dir"]) / "evaluation.png", dpi=100)
-    return fig
-
-
-def plot_lengths(rows: Rows, out=None):
-    """Length histograms of both labels (fractions), side by side."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3))
-    lengths = np.fromiter(map(len, rows.sequences), dtype=np.int64, count=len(rows.sequences))
-    for label, shift in ((0, -0.2), (1, 0.2)):
-        counts = np.bincount(lengths[rows.labels == label], minlength=MAX_LEN + 1)
-        ax.bar(np.arange(MAX_LEN + 1) + shift, counts / max(counts.sum(), 1), width=0.4,
-               label=f"label {label} ({counts.sum():,} rows)")
-    ax.set_xlim(MIN_LEN - 1, MAX_LEN + 1)
-    ax.set_xlabel("peptide length")
-    ax.set_ylabel("fraction")
-    ax.legend()
-    fig.tight_layout()
-    if out:
-        fig.savefig(out, dpi=100)
-    return fig
-
-
-def plot_convergence(run_dir, out: str | None = None):
-    """convergence.png: training ce / vb / loss per step (smoothed) and held-out per epoch, with the
-    ln K line (the ce of a uniform guess). Returns the figure."""
-    plt = _pyplot()
-    run_dir = Path(run_dir)
-    hist = json.loads((run_dir / "history.json").read_text())
-    steps = np.genfromtxt(run_dir / "history_steps.csv", delimiter=",", names=True, ndmin=1)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    window = max(1, len(steps) // 100)
-    smooth = lambda y: np.convolve(y, np.ones(window) / window, mode="valid")
-    for ax, key in zip(axes, ("ce", "vb", "loss")):
-        if len(steps):
-            ax.plot(steps["step"][window - 1:], smooth(steps[key]), lw=1, label="train (per step)")
-        ep = [e for e in hist["epochs"] if f"val_{key}" in e]
-        ax.plot([e["step"] for e in ep], [e[f"val_{key}"] for e in ep], "o-", ms=3, label="held-out (per epoch)")
-        if key == "ce":
-            ax.axhline(hist["ln_k"], color="gray", ls="--", lw=1, label=f"ln K = {hist['ln_k']:.2f} (uniform guess)")
-        ax.set_title(key + (" (nats per residue)" if key != "loss" else ""))
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out or run_dir / "convergence.png", dpi=110)
-    plt.close(fig)          # the notebook shows the saved PNG; an open figure per epoch would pile up
-    return fig
-
-
-def zip_run(run_dir, checkpoints: bool = True) -> Path:
-    """run_dir as a .zip beside it, for download: <run>.zip with everything, or with checkpoints=False
-    <run>_model.zip without last.pt and best.pt (the optimizer state, only needed to resume), which keeps
-    model.pt (see export_model), the history, the plots and the evaluation."""
-    run_dir = Path(run_dir)
-    out = run_dir.with_name(run_dir.name + ("" if checkpoints else "_model") + ".zip")
-    left_out = set() if checkpoints else {"last.pt", "best.pt"}
-
-    def write(f):
-        with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as archive:
-            for path in sorted(run_dir.rglob("*")):
-                if path.is_file() and path.name not in left_out and not path.name.endswith(".tmp"):
-                    archive.write(path, Path(run_dir.name) / path.relative_to(run_dir))
-    atomic_write(out, write)
-    return out
-
-
 # =============================================================================================
 # Command line
 # =============================================================================================
 
 
-def add_run_args(p):
-    p.add_argument("--run-name", default=None, help="run directory name (default: the preset's name)")
+def run_dir_arg(args) -> Path:
+    return run_dir_for(args.run_name, args.checkpoint_dir)
+
+
+def add_run_args(p, required: bool = True):
+    """--run-name and --checkpoint-dir: every command that reads or writes a run takes them."""
+    p.add_argument("--run-name", required=required, default=None,
+                   help="the run's folder name" + ("" if required else " (default: the preset's name)"))
     p.add_argument("--checkpoint-dir", default="checkpoints", help="where runs live (default: checkpoints/)")
 
 
+def device_arg(text: str) -> str:
+    """--device's value, checked as the Config checks it."""
+    if re.fullmatch(DEVICE_PATTERN, text) is None:
+        raise argparse.ArgumentTypeError(f"'{text}' is not one of {DEVICES}")
+    return text
+
+
+def add_model_args(p):
+    """--checkpoint and --device: which weights of a run to use, and where."""
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--device", default="auto", type=device_arg, help=f"one of {DEVICES} (default auto)")
+
+
+TRAIN_FLAGS = ("epochs", "max_steps", "batch_size", "lr", "seed", "device", "save_every_minutes", "dim", "n_layers",
+               "n_heads", "n_steps", "hybrid_coeff", "warmup", "cond_drop", "label1_repeat", "rotary", "termini",
+               "ema_decay", "data", "compile")
+
+
 def cmd_train(args):
-    overrides = {k: getattr(args, k) for k in ("epochs", "max_steps", "batch_size", "lr", "seed", "device",
-                                             "save_every_minutes", "dim", "n_layers", "n_heads", "n_steps",
-                                             "hybrid_coeff", "warmup", "cond_drop", "label1_repeat", "rotary",
-                                             "termini", "ema_decay", "data")}
-    overrides["compile"] = args.compile or None
+    given = {k: getattr(args, k) for k in TRAIN_FLAGS}
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if args.batch_size and world > 1:                   # under torchrun --batch-size is per process
-        overrides["batch_size"] = args.batch_size * world
+        given["batch_size"] = args.batch_size * world
     run_dir = run_dir_for(args.run_name or args.preset or "small", args.checkpoint_dir)
-    preset, saved = args.preset or "small", run_dir / "config.json"
-    if args.resume and saved.exists():                  # a resumed run keeps its settings, but for the flags given
-        base = {**LEGACY_SETTINGS, **json.loads(saved.read_text())}
-        preset = args.preset or base["preset"]
-        overrides = {**{k: v for k, v in base.items() if k != "preset"},
-                     **{k: v for k, v in overrides.items() if v is not None}}
-    cfg = make_config(preset, **overrides)
+    saved = saved_config(run_dir) if args.resume else None
+    cfg = (resumed_config(run_dir, saved, args.preset, given) if saved else
+           make_config(args.preset or "small", **given))
     require_gpu(cfg.preset, allow_cpu=cfg.device == "cpu")
     try:
         summary = train(cfg, run_dir, resume=args.resume, skip_invalid=args.skip_invalid,
@@ -2887,24 +2149,40 @@ def cmd_train(args):
 
 
 def cmd_generate(args):
-    run_dir = run_dir_for(args.run_name, args.checkpoint_dir)
+    run = load_run(run_dir_arg(args), checkpoint=args.checkpoint, device=args.device)
+    condition = dict(label=args.label, target=args.target, seed=args.seed, guidance=args.guidance,
+                     standard_only=not args.allow_rare)
+    seed_peptide = args.parent or args.template
+    if seed_peptide and (args.min_length, args.max_length) != (None, None):
+        raise DataError("--min-length and --max-length go with plain sampling: variants and filled templates keep "
+                        "the length of their peptide")
+    if args.strength is not None and args.parent is None:
+        raise DataError("--strength goes with --from PEPTIDE (how far its variants may move)")
     if args.verbose and args.parent is None:
         raise DataError("--verbose adds each variant's identity to its parent: it goes with --from")
-    peptides = generate(run_dir, n=args.n, label=args.label, target=args.target, min_length=args.min_length,
-                        max_length=args.max_length, seed=args.seed, guidance=args.guidance,
-                        standard_only=not args.allow_rare, checkpoint=args.checkpoint, device=args.device,
-                        parent=args.parent, strength=args.strength, template=args.template)
-    if args.verbose:
-        parent = args.parent.strip().upper()
-        sys.stdout.write("peptide\tidentity_to_parent\n"
-                         + "".join(f"{p}\t{identity(p, parent):.3f}\n" for p in peptides))
-        log(f"mean identity to {parent}: {np.mean([identity(p, parent) for p in peptides]):.3f}")
+    if args.parent is not None:
+        strength = DEFAULT_STRENGTH if args.strength is None else args.strength
+        batches = [generate_variants(run, args.parent, args.n, strength, **condition)]
+    elif args.template is not None:
+        batches = [fill_template(run, args.template, args.n, **condition)]
     else:
+        batches = generate_batches(run, args.n, min_length=args.min_length or MIN_LEN,
+                                   max_length=args.max_length or MAX_LEN, **condition)
+    for peptides in batches:
+        print_peptides(peptides, args.parent.strip().upper() if args.verbose else None)
+
+
+def print_peptides(peptides: list, parent: str | None = None):
+    """One peptide a line on stdout; with a parent, a second column with each one's identity to it."""
+    if parent is None:
         sys.stdout.write("".join(p + "\n" for p in peptides))
+        return
+    sys.stdout.write("peptide\tidentity_to_parent\n" + "".join(f"{p}\t{identity(p, parent):.3f}\n" for p in peptides))
+    log(f"mean identity to {parent}: {np.mean([identity(p, parent) for p in peptides]):.3f}")
 
 
 def cmd_score(args):
-    run = load_run(run_dir_for(args.run_name, args.checkpoint_dir), checkpoint=args.checkpoint, device=args.device)
+    run = load_run(run_dir_arg(args), checkpoint=args.checkpoint, device=args.device)
     run.vocab.target_id(args.target)                    # an unknown target fails before the input is read
     name, entries = read_peptides(args.input)
     if not entries:
@@ -2923,20 +2201,6 @@ def cmd_score(args):
         log(f"skipped {len(problems)} of {len(entries)} peptides (--skip-invalid); their rows say why")
 
 
-def cmd_evaluate(args):
-    run_dir = run_dir_for(args.run_name, args.checkpoint_dir)
-    common = dict(data=args.data, n_samples=args.n, seed=args.seed, motifs=args.motifs, checkpoint=args.checkpoint,
-                  device=args.device)
-    if len(args.guidance) > 1:
-        print(format_guidance_sweep(guidance_sweep(run_dir, args.guidance, **common)))
-        log(f"wrote guidance_sweep.json in {run_dir}")
-        return
-    report = evaluate(run_dir, guidance=args.guidance[0], n_draws=args.noise_draws, **common)
-    plot_evaluation(report)
-    print(format_report(report))
-    log(f"wrote evaluation.json and evaluation.png in {report['run_dir']}")
-
-
 def cmd_verify_data(args):
     ok, report = verify_data(args.path)
     print(report)
@@ -2949,19 +2213,16 @@ def cmd_presets(args):
     out = {}
     for name in PRESETS:
         cfg = make_config(name)
-        out[name] = {**asdict(cfg), "params": count_params(X0Transformer(cfg, vocab.size, vocab.num_targets))}
+        out[name] = {**asdict(cfg), "params": count_params(build_model(cfg, vocab))}
     print(json.dumps(out, indent=1))
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog="mimir_core.py", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_train_parser(sub):
     p = sub.add_parser("train", help="train or resume a model")
     p.add_argument("--preset", default=None, choices=list(PRESETS),
                    help="model size (default: small, or the run's own preset with --resume)")
     p.add_argument("--data", default=None, help="CSV (label,target,sequence[,source]); default: the demo data")
-    add_run_args(p)
+    add_run_args(p, required=False)
     p.add_argument("--resume", action="store_true", help="continue the run in --run-name from its last.pt")
     p.add_argument("--skip-invalid", action="store_true", help="train on the valid rows, reporting the rest")
     for flag, typ in (("--epochs", int), ("--max-steps", int), ("--lr", float),
@@ -2976,25 +2237,26 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=None,
                    help="override the preset's batch (256). Under torchrun with N processes each process takes "
                         "batch/N rows of every global batch; an explicit --batch-size is per process.")
-    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; slower start)")
+    p.add_argument("--device", default=None, type=device_arg, help=f"one of {DEVICES} (default auto)")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (CUDA; slower start)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="print a line per epoch")
     p.set_defaults(func=cmd_train)
 
+
+def add_generate_parser(sub):
     p = sub.add_parser("generate", help="print generated peptides, one per line")
     add_run_args(p)
     p.add_argument("-n", type=int, default=100, help="how many peptides (default 100)")
     p.add_argument("--label", type=int, default=1, choices=[0, 1], help="1 interacting (default), 0 background")
     p.add_argument("--target", default=None, help="target accession (label 1); default: any target")
-    p.add_argument("--min-length", type=int, default=MIN_LEN)
-    p.add_argument("--max-length", type=int, default=MAX_LEN)
+    p.add_argument("--min-length", type=int, default=None, help=f"plain sampling: shortest length (default {MIN_LEN})")
+    p.add_argument("--max-length", type=int, default=None, help=f"plain sampling: longest length (default {MAX_LEN})")
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
                    help=f"classifier-free guidance S (0 = plain conditional; default {DEFAULT_GUIDANCE})")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    add_model_args(p)
     p.add_argument("--allow-rare", action="store_true", help="allow X/B/Z/U... in outputs")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     seed_peptide = p.add_mutually_exclusive_group()
     seed_peptide.add_argument("--from", dest="parent", default=None, metavar="PEPTIDE",
                               help="write variants of this peptide (of its length)")
@@ -3007,6 +2269,8 @@ def build_parser():
                    help="with --from: a second column with each variant's identity to the parent")
     p.set_defaults(func=cmd_generate)
 
+
+def add_score_parser(sub):
     p = sub.add_parser("score", help="score peptides for a target: bits the condition adds over background")
     add_run_args(p)
     p.add_argument("--target", default=None, help="target accession (default: any target)")
@@ -3018,29 +2282,19 @@ def build_parser():
     p.add_argument("--draws", type=int, default=DEFAULT_SCORE_DRAWS,
                    help=f"noise draws per peptide (default {DEFAULT_SCORE_DRAWS}; more: steadier, slower)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_model_args(p)
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("evaluate", help="held-out likelihood, sample quality and conditioning vs baselines")
-    add_run_args(p)
-    p.add_argument("--data", default=None, help="score this file instead of the run's held-out split")
-    p.add_argument("-n", type=int, default=1000, help="samples per condition (default 1000)")
-    p.add_argument("--guidance", type=float, nargs="+", default=[DEFAULT_GUIDANCE],
-                   help=f"classifier-free guidance (default {DEFAULT_GUIDANCE}); several values print a comparison table")
-    p.add_argument("--motifs", default=None, help="motifs JSON (target -> regex); default: the demo's, for demo runs")
-    p.add_argument("--noise-draws", type=int, default=DEFAULT_NOISE_DRAWS,
-                   help=f"noise draws averaged per term of the likelihood bound (default {DEFAULT_NOISE_DRAWS}; "
-                        f"more: smaller error bars, slower)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.set_defaults(func=cmd_evaluate)
 
+def build_parser():
+    parser = argparse.ArgumentParser(prog="mimir_core.py", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_parser(sub)
+    add_generate_parser(sub)
+    add_score_parser(sub)
     p = sub.add_parser("verify-data", help="check a dataset against the contract; exit 0 only if all holds")
     p.add_argument("path", help="CSV or CSV.gz with header label,target,sequence[,source]")
     p.set_defaults(func=cmd_verify_data)
-
     p = sub.add_parser("presets", help="print each preset's settings and parameter count as JSON")
     p.add_argument("--vocab-size", type=int, default=25, help="tokens including PAD (real data: 25)")
     p.add_argument("--num-targets", type=int, default=800)
@@ -3048,17 +2302,21 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if getattr(args, "run_name", "x") is None and args.command != "train":
-        build_parser().error("--run-name is required")
+def run_command(command, args):
+    """Run a command's function: a user's error (bad input, a full disk, a failed run) is one line on stderr
+    and exit 2, never a traceback; Ctrl-C is exit 130."""
     try:
-        args.func(args)
+        command(args)
     except (DataError, NonFiniteLoss, OSError) as e:     # OSError: a disk that is full, read-only, missing
         log(f"error: {e}")
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    run_command(args.func, args)
 
 
 if __name__ == "__main__":

@@ -144,7 +144,9 @@ missing = [pkg for pkg in ("numpy", "matplotlib", "tqdm") if importlib.util.find
 if missing:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
 
+import mimir_colab as colab
 import mimir_core as mc
+import mimir_eval as ev
 
 mc.INTERFACE = "notebook"      # messages name this form's settings, not command-line flags
 
@@ -169,25 +171,11 @@ mc.require_gpu(PRESET, allow_cpu=ALLOW_CPU)
 # the target's domain), **not measured interactions**.
 
 # %%
-if DATA_SOURCE == "demo":
-    DATA_PATH = ""
-elif DATA_SOURCE == "upload":
-    if not IN_COLAB:
-        raise RuntimeError("DATA_SOURCE='upload' needs Colab; elsewhere use 'drive' with a local path")
-    UPLOADS = DRIVE / "mimir" / "uploads" if SAVE_TO_DRIVE else CONTENT / "uploads"   # kept for later runs
-    kept = sorted(UPLOADS.glob("*"))
-    if NEW_UPLOAD or not kept:
-        from google.colab import files
-        print("Upload your CSV (header label,target,sequence).")
-        kept = [mc.keep_upload(files.upload(), UPLOADS)]
-    DATA_PATH = str(kept[0])
-    print(f"data: {DATA_PATH} (tick NEW_UPLOAD to upload another file)")
-else:
-    DATA_PATH = str(DRIVE / DRIVE_DATA_PATH) if IN_COLAB else DRIVE_DATA_PATH
-
+UPLOADS = DRIVE / "mimir" / "uploads" if SAVE_TO_DRIVE else CONTENT / "uploads"   # kept for later runs
+DATA_PATH = colab.data_path(DATA_SOURCE, DRIVE_DATA_PATH, NEW_UPLOAD, UPLOADS, DRIVE, IN_COLAB)
 rows = mc.load_rows(DATA_PATH or None, skip_invalid=SKIP_INVALID)
 print(mc.describe_rows(rows))
-mc.plot_lengths(rows);
+colab.plot_lengths(rows);
 
 # %% [markdown]
 # ## 5. Train
@@ -204,7 +192,7 @@ if IN_COLAB:
     CHECKPOINT_DIR = DRIVE / "mimir" / "checkpoints" if SAVE_TO_DRIVE else CONTENT / "checkpoints"
 else:                                               # beside the code; test runs leave nothing in the repository
     CHECKPOINT_DIR = Path(tempfile.mkdtemp()) if SMOKE else code_dir / "checkpoints"
-run_dir = mc.run_dir_for(RUN_NAME or mc.run_name_for(PRESET, DATA_PATH), CHECKPOINT_DIR)
+run_dir = mc.run_dir_for(RUN_NAME or colab.run_name_for(PRESET, DATA_PATH), CHECKPOINT_DIR)
 print(f"run folder: {run_dir}")
 cfg = mc.make_config(PRESET, data=DATA_PATH, epochs=EPOCHS or None, max_steps=150 if SMOKE else None,
                      save_every_minutes=5)
@@ -273,7 +261,7 @@ PARENT = ""  # @param {type:"string"}
 STRENGTH = 0.3  # @param {type:"number"}
 
 parent = PARENT or max(scores, key=lambda r: r["score"])["peptide"]
-variants = mc.generate(model, n=10, target=score_target, parent=parent, strength=STRENGTH, guidance=GUIDANCE)
+variants = mc.generate_variants(model, parent, n=10, strength=STRENGTH, target=score_target, guidance=GUIDANCE)
 print(f"variants of {parent} (strength {STRENGTH}), best first:")
 for r in sorted(mc.score(model, variants, score_target), key=lambda r: -r["score"]):
     print(f"  {r['peptide']:20} score {r['score']:7.2f}   identity {mc.identity(r['peptide'], parent):.2f}")
@@ -287,7 +275,7 @@ for r in sorted(mc.score(model, variants, score_target), key=lambda r: -r["score
 TEMPLATE = ""  # @param {type:"string"}
 
 template = TEMPLATE or "xx" + parent[2:-2] + "xx"
-filled = mc.generate(model, n=10, target=score_target, template=template, guidance=GUIDANCE)
+filled = mc.fill_template(model, template, n=10, target=score_target, guidance=GUIDANCE)
 print(f"template {template}, best first:")
 print(mc.format_scores(mc.score(model, filled, score_target), ranked=True))
 
@@ -315,10 +303,10 @@ print(mc.format_scores(mc.score(model, filled, score_target), ranked=True))
 # suite's smoke mode (a tiny model, 150 steps, one noise draw) the figures mean nothing.
 
 # %%
-report = mc.evaluate(run_dir, n_samples=100 if SMOKE else 1000, n_per_target=50 if SMOKE else 200,
-                     guidance=GUIDANCE, n_draws=1 if SMOKE else mc.DEFAULT_NOISE_DRAWS)
-print(mc.format_report(report))
-mc.plot_evaluation(report);
+report = ev.evaluate(run_dir, n_samples=100 if SMOKE else 1000, n_per_target=50 if SMOKE else 200,
+                     guidance=GUIDANCE, n_draws=1 if SMOKE else ev.DEFAULT_NOISE_DRAWS)
+print(ev.format_report(report))
+ev.plot_evaluation(report);
 
 # %% [markdown]
 # ## 9. Save
@@ -326,11 +314,11 @@ mc.plot_evaluation(report);
 # small preset). In Colab a zip of it with the history, the plots and the evaluation downloads; unzipped
 # it is a run folder that `mc.load_run` and `python mimir_core.py generate --run-name <run name>` read.
 # The full training state (`last.pt`, `best.pt`, with the optimizer) stays in the run folder, on Drive
-# with `SAVE_TO_DRIVE`; `mc.zip_run(run_dir)` zips all of it.
+# with `SAVE_TO_DRIVE`; `colab.zip_run(run_dir)` zips all of it.
 
 # %%
 model_file = mc.export_model(run_dir)
-archive = mc.zip_run(run_dir, checkpoints=False)
+archive = colab.zip_run(run_dir, checkpoints=False)
 print(f"saved {archive} ({archive.stat().st_size / 2**20:.1f} MiB): {model_file.name}, history, plots, evaluation")
 if IN_COLAB:
     from google.colab import files

@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mimir_core import (DEFAULT_SCORE_DRAWS, MAX_LEN, MIN_LEN, PRESETS, RESIDUES, D3PM,  # noqa: E402
-                        DeviceData, Rows, Run, Trainer, Vocab, amp_dtype, build_model, count_params,
-                        epoch_permutation, load_rows, log, make_config, pick_device, sample_tokens, score)
+from mimir_core import (DEFAULT_SCORE_DRAWS, DEVICES, MAX_LEN, MIN_LEN, PRESETS, RESIDUES, DeviceData,  # noqa: E402
+                        Rows, Run, Trainer, Vocab, amp_dtype, count_params, epoch_permutation, load_rows, log,
+                        device_arg, make_config, new_run, pick_device, sample_tokens, score)
 
 BENCH_BATCH = 256
 # A straightforward implementation (per-sample Dataset + DataLoader, nn.MultiheadAttention, a padded
@@ -160,9 +160,7 @@ def bench_preset(name: str, rows: Rows, device, steps: int, warmup: int) -> dict
 
 def fresh_run(preset: str, vocab: Vocab, device) -> Run:
     """A freshly initialised model as a Run: speed does not depend on the weights."""
-    cfg = make_config(preset, device=str(device))
-    return Run(cfg, vocab, build_model(cfg, vocab, device).eval(), D3PM(len(vocab.letters), cfg.n_steps, device),
-               {}, device, Path("."))
+    return new_run(make_config(preset, device=str(device)), vocab, device)
 
 
 def bench_sampling(vocab: Vocab, device, repeats: int, guidance: float, n: int = 256) -> tuple:
@@ -348,7 +346,7 @@ def benchmark(device: str = "auto", presets=("small", "medium", "large"), n_rows
 
 def build_parser():
     p = argparse.ArgumentParser(prog="benchmark.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", type=device_arg, help=f"one of {DEVICES} (default auto)")
     p.add_argument("--presets", default="small,medium,large", help="comma-separated presets to time")
     p.add_argument("--rows", type=int, default=1_000_000, help="rows of the synthetic dataset (default 1,000,000)")
     p.add_argument("--full", action="store_true", help="four times the repetitions: slower, steadier figures")

@@ -25,7 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mimir_core import (MAX_LEN, MIN_LEN, RESIDUES, DataError, atomic_write, format_length_table,  # noqa: E402
-                        length_distributions_match, log, read_motifs)
+                        length_distributions_match, log)
+from mimir_eval import read_motifs  # noqa: E402
 
 # --- reading protein FASTA files -------------------------------------------------------------
 

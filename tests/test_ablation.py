@@ -5,6 +5,7 @@ import pytest
 
 import ablation
 import mimir_core as mc
+import mimir_eval as ev
 
 
 @pytest.fixture
@@ -12,8 +13,8 @@ def quick(monkeypatch):
     """The ablation's machinery on a tiny budget: the tiny preset for 30 steps on the demo data, and an
     evaluation with few samples and one noise draw."""
     small = mc.make_config
-    monkeypatch.setattr(mc, "make_config", lambda preset, **kw: small("tiny", max_steps=30, **kw))
-    monkeypatch.setattr(mc, "evaluate", functools.partial(mc.evaluate, n_samples=60, n_per_target=20, n_draws=1))
+    monkeypatch.setattr(mc, "make_config", lambda preset, **kw: small("tiny", **{**kw, "max_steps": 30}))
+    monkeypatch.setattr(ev, "evaluate", functools.partial(ev.evaluate, n_samples=60, n_per_target=20, n_draws=1))
 
 
 def table_rows(text):
@@ -40,7 +41,7 @@ def test_runs_each_variant_once_and_tables_them(quick, tmp_path, capsys):
     printed = capsys.readouterr()
     assert len(table_rows(printed.out)) == 4 and out.read_text().strip() == printed.out.strip()
     assert "not evaluated yet, left out: ablation_rotary," in printed.err
-    assert all(row.count("|") == len(ablation.COLUMNS) + 1 for row in table_rows(printed.out))
+    assert all(row.count("|") == len(ablation.SETTINGS) + len(ev.METRICS) + 1 for row in table_rows(printed.out))
 
 
 @pytest.mark.parametrize("args, says", [(["--variants", "plain,rotery"], "unknown variant(s) ['rotery']"),

@@ -14,6 +14,7 @@ import pytest
 
 import build_dataset as bd
 import mimir_core as mc
+import mimir_eval as ev
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo"
@@ -167,7 +168,7 @@ def test_bad_motifs_are_errors(tmp_path, motif, reason):
     p = tmp_path / "m.json"
     p.write_text(json.dumps([motif]))
     with pytest.raises(mc.DataError, match=f"motif 1: .*{reason}"):
-        mc.read_motifs(p)
+        ev.read_motifs(p)
 
 
 def test_bad_interactions_are_errors_with_line(tmp_path):
@@ -302,7 +303,7 @@ def test_demo_dataset_rebuilds_byte_for_byte(tmp_path, capsys):
 def test_demo_label1_rows_are_motif_windows_of_the_shipped_proteins():
     proteins = {bd.accession(h): (h, s) for f in ("human.fasta.gz", "viral.fasta.gz")
                 for h, s in bd.read_fasta(DEMO / f)}
-    motifs = {m["target"]: m for m in mc.read_motifs(DEMO / "motifs.json")}
+    motifs = {m["target"]: m for m in ev.read_motifs(DEMO / "motifs.json")}
     rows = read_csv(DEMO / "dataset.csv.gz")[1:]
     pos = [r for r in rows if r[0] == "1"]
     counts = Counter(r[1] for r in pos)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import mimir_core as mc
+import mimir_eval as ev
 from conftest import FIXTURE_MOTIFS
 
 
@@ -25,7 +26,7 @@ def iid_and_motif_peptides(n, seed, motif="RSWK"):
     comp = np.random.default_rng(99).dirichlet(np.ones(20) * 2)
     lengths = np.zeros(mc.MAX_LEN + 1)
     lengths[8:13] = 0.2
-    iid = mc.random_peptides(n, comp, lengths, seed)
+    iid = ev.random_peptides(n, comp, lengths, seed)
     rng = np.random.default_rng(seed)
     cuts = [int(rng.integers(0, len(p) - len(motif) + 1)) for p in iid]
     return iid, [p[:c] + motif + p[c + len(motif):] for p, c in zip(iid, cuts)]
@@ -34,7 +35,7 @@ def iid_and_motif_peptides(n, seed, motif="RSWK"):
 def test_composition_cross_entropy_of_a_small_heldout_set():
     train = hand_rows([(0, "", "AAAC"), (0, "", "AACC"), (1, "T1", "DDDD"), (1, "T1", "DDDE"), (1, "T2", "EEEE")])
     vocab = mc.Vocab(mc.RESIDUES, ["T1", "T2", "T3"])
-    comps = mc.condition_compositions(train, vocab)
+    comps = ev.condition_compositions(train, vocab)
     letter = {c: i for i, c in enumerate(mc.RESIDUES)}
     # label 0: A 5, C 3 of 8 residues, one pseudo-count per letter: (count + 1) / (8 + 20)
     assert comps["0"][letter["A"]] == pytest.approx(6 / 28) and comps["0"][letter["W"]] == pytest.approx(1 / 28)
@@ -46,9 +47,9 @@ def test_composition_cross_entropy_of_a_small_heldout_set():
     assert np.allclose(comps["targets"]["T1"], t1)
     assert np.allclose(comps["targets"]["T3"], label1)                # no training peptide: its label's
     heldout = ["ACCA", "ACDW", "DDEE"]
-    own = [mc.condition_composition(comps, 0), mc.condition_composition(comps, 0),
-           mc.condition_composition(comps, 1, "T1")]
-    bits = mc.composition_bits(vocab.encode(heldout), own)
+    own = [ev.condition_composition(comps, 0), ev.condition_composition(comps, 0),
+           ev.condition_composition(comps, 1, "T1")]
+    bits = ev.composition_bits(vocab.encode(heldout), own)
     expected = [-2 * math.log2(6 / 28) - 2 * math.log2(4 / 28),
                 -math.log2(6 / 28) - math.log2(4 / 28) - 2 * math.log2(1 / 28),
                 -2 * math.log2(t1[letter["D"]]) - 2 * math.log2(t1[letter["E"]])]
@@ -57,46 +58,46 @@ def test_composition_cross_entropy_of_a_small_heldout_set():
 
 def test_paired_standard_error_known_values():
     d = np.array([0.5, -0.1, 0.3, 0.2, 0.0, 0.4])
-    mean, se = mc.ratio_and_se(d, np.ones(6))                   # equal weights: the mean and sd / sqrt(n)
+    mean, se = ev.ratio_and_se(d, np.ones(6))                   # equal weights: the mean and sd / sqrt(n)
     assert mean == pytest.approx(d.mean()) and se == pytest.approx(d.std(ddof=1) / math.sqrt(6))
-    mean, se = mc.ratio_and_se(d * 10, np.full(6, 10))          # per residue, equal lengths: the same
+    mean, se = ev.ratio_and_se(d * 10, np.full(6, 10))          # per residue, equal lengths: the same
     assert mean == pytest.approx(d.mean()) and se == pytest.approx(d.std(ddof=1) / math.sqrt(6))
     # unequal lengths: sum / sum, with the ratio estimator's SE written out by hand
     num, den = np.array([2.0, 1.0, 6.0]), np.array([4.0, 2.0, 8.0])
     r = 9 / 14
     resid = [2 - r * 4, 1 - r * 2, 6 - r * 8]
-    assert mc.ratio_and_se(num, den) == pytest.approx((r, math.sqrt(1.5 * sum(e * e for e in resid)) / 14))
+    assert ev.ratio_and_se(num, den) == pytest.approx((r, math.sqrt(1.5 * sum(e * e for e in resid)) / 14))
     # two independent rates: 30/100 over 10/200 = 6, SE by the delta method on the log ratio
-    ratio, se = mc.rate_ratio(30, 100, 10, 200)
+    ratio, se = ev.rate_ratio(30, 100, 10, 200)
     assert ratio == pytest.approx(6) and se == pytest.approx(6 * math.sqrt(1 / 30 - 1 / 100 + 1 / 10 - 1 / 200))
-    assert mc.rate_ratio(3, 10, 0, 10) == (float("inf"), None) and mc.ratio_and_se([0, 0], [0, 0]) == (None, None)
-    assert mc.verdict(-0.10, 0.04, "lower", "higher") == "lower"
-    assert mc.verdict(0.10, 0.04, "lower", "higher") == "higher"
-    assert mc.verdict(-0.07, 0.04, "lower", "higher").startswith("not distinguishable")
+    assert ev.rate_ratio(3, 10, 0, 10) == (float("inf"), None) and ev.ratio_and_se([0, 0], [0, 0]) == (None, None)
+    assert ev.verdict(-0.10, 0.04, "lower", "higher") == "lower"
+    assert ev.verdict(0.10, 0.04, "lower", "higher") == "higher"
+    assert ev.verdict(-0.07, 0.04, "lower", "higher").startswith("not distinguishable")
 
 
 def test_shuffled_real_peptides_have_order_enrichment_about_1_and_real_ones_high():
     _, real = iid_and_motif_peptides(2000, seed=0)
-    shuffled = mc.shuffle_residues(real, np.random.default_rng(1))
+    shuffled = ev.shuffle_residues(real, np.random.default_rng(1))
     assert [sorted(p) for p in shuffled] == [sorted(p) for p in real] and shuffled != real
     pattern = re.compile("RSW|SWK")
-    ordered = mc.motif_order(pattern, real)
+    ordered = ev.motif_order(pattern, real)
     assert ordered["rate"] == 1.0 and ordered["order_enrichment"] > 10
     assert ordered["order_gain"] > 10 * ordered["order_gain_se"]
     assert ordered["order_enrichment"] == pytest.approx(1 / ordered["shuffled_rate"])
-    orderless = mc.motif_order(pattern, shuffled)
+    orderless = ev.motif_order(pattern, shuffled)
     assert 0.02 < orderless["rate"] < 0.5                     # composition alone still makes the motif
     assert abs(orderless["order_enrichment"] - 1) < 3 * orderless["order_enrichment_se"] < 0.5
     assert abs(orderless["order_gain"]) < 3 * orderless["order_gain_se"]
-    assert mc.motif_order(pattern, real, seed=3) != ordered   # the shuffles are seeded...
-    assert mc.motif_order(pattern, real) == ordered           # ...and repeatable
+    assert ev.motif_order(pattern, real, seed=3) != ordered   # the shuffles are seeded...
+    assert ev.motif_order(pattern, real) == ordered           # ...and repeatable
 
 
 def test_shuffled_pair_frequencies_are_the_exact_mean_over_all_orders():
     peptide = "AACDEX"                                        # a repeated letter, and one outside RESIDUES
     orders = ["".join(p) for p in itertools.permutations(peptide)]
-    assert np.allclose(mc.pair_features([peptide], shuffled=True)[0], mc.pair_features(orders).mean(0))
-    f = mc.pair_features(["ACDE"])[0].reshape(len(mc.PAIR_GAPS), 20, 20)
+    assert np.allclose(ev.pair_features([peptide], shuffled=True)[0], ev.pair_features(orders).mean(0))
+    f = ev.pair_features(["ACDE"])[0].reshape(len(ev.PAIR_GAPS), 20, 20)
     letter = {c: i for i, c in enumerate(mc.RESIDUES)}
     assert f[0, letter["A"], letter["C"]] == pytest.approx(1 / 3) and f[2, letter["A"], letter["E"]] == 1.0
 
@@ -104,32 +105,32 @@ def test_shuffled_pair_frequencies_are_the_exact_mean_over_all_orders():
 def test_kmer_order_gain_is_0_without_order_and_positive_with_it():
     iid_ref, motif_ref = iid_and_motif_peptides(300, seed=1)
     iid, motif = iid_and_motif_peptides(200, seed=2)
-    ordered = mc.kmer_order(motif, motif_ref)
+    ordered = ev.kmer_order(motif, motif_ref)
     assert ordered["gain"] > 10 * ordered["gain_se"]
     assert ordered["shuffled_distance"] == pytest.approx(ordered["distance"] + ordered["gain"])
     # residues exchangeable within each peptide: gain 0 in expectation, and the SE says how far it strays
     for reference in (motif_ref, iid_ref):
         gains, ses = zip(*[(k["gain"], k["gain_se"]) for k in
-                           (mc.kmer_order(iid_and_motif_peptides(200, seed=10 + s)[0], reference) for s in range(40))])
+                           (ev.kmer_order(iid_and_motif_peptides(200, seed=10 + s)[0], reference) for s in range(40))])
         assert abs(np.mean(gains)) < 3 * np.std(gains) / math.sqrt(40)
         assert 0.6 < np.std(gains, ddof=1) / np.mean(ses) < 1.6
     # the same peptides as the reference: distance about 0
-    same = mc.kmer_order(motif_ref[:150], motif_ref[150:])
-    assert abs(same["distance"]) < 3 * ordered["gain_se"] and mc.kmer_order(["ACDE"], motif_ref) is None
+    same = ev.kmer_order(motif_ref[:150], motif_ref[150:])
+    assert abs(same["distance"]) < 3 * ordered["gain_se"] and ev.kmer_order(["ACDE"], motif_ref) is None
 
 
 def test_evaluate_data_with_a_letter_outside_the_vocabulary_names_its_line(trained_run, tmp_path, capsys):
     data = tmp_path / "other.csv"
     data.write_text("label,target,sequence\n0,,ACDEFGHIK\n0,,ACDXFGHIK\n1,P11111,PPLPAAAB\n")
     with pytest.raises(SystemExit) as exit_:
-        mc.main(["evaluate", "--run-name", trained_run.name, "--checkpoint-dir", str(trained_run.parent),
+        ev.main(["--run-name", trained_run.name, "--checkpoint-dir", str(trained_run.parent),
                  "--data", str(data)])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in err
     assert "line 3: letter 'X' at position 4 is not in this model's vocabulary" in err
     assert "line 4: letter 'B' at position 8" in err and "other.csv" in err and "line 2" not in err
     with pytest.raises(mc.DataError, match="--noise-draws"):
-        mc.evaluate(trained_run, n_draws=0)
+        ev.evaluate(trained_run, n_draws=0)
 
 
 def test_heldout_subset_is_a_fixed_random_subset_not_file_order(fixture_csv):
@@ -150,8 +151,8 @@ def test_heldout_subset_is_a_fixed_random_subset_not_file_order(fixture_csv):
 
 def test_likelihood_report_scores_the_subset_against_each_rows_own_composition(trained_run):
     run = mc.load_run(trained_run)
-    val, train = mc.evaluation_split(run)
-    report = mc.likelihood_report(run, val, train, max_rows=30, n_draws=1)
+    val, train = ev.evaluation_split(run)
+    report = ev.likelihood_report(run, val, train, max_rows=30, n_draws=1)
     idx = np.flatnonzero(val.labels == 0)[mc.heldout_subset(int((val.labels == 0).sum()), 30)]
     counts = np.zeros(20)
     for seq, label in zip(train.sequences, train.labels):
@@ -177,8 +178,8 @@ def test_bound_averages_its_noise_draws_and_scores_shuffled_peptides(trained_run
     assert torch.allclose(three, sum(one) / 3, atol=1e-5) and not torch.allclose(one[0], one[1])
     # shuffled: a peptide of one letter is its own shuffle, so with the same noise its bits are the same
     rows = hand_rows([(1, "P11111", "KKKKKKK"), (0, "", "ACDEFGHIK")])
-    real = mc.peptide_bits(run, rows, torch.Generator().manual_seed(5), n_draws=2)
-    shuffled = mc.peptide_bits(run, rows, torch.Generator().manual_seed(5), n_draws=2,
+    real = ev.peptide_bits(run, rows, torch.Generator().manual_seed(5), n_draws=2)
+    shuffled = ev.peptide_bits(run, rows, torch.Generator().manual_seed(5), n_draws=2,
                                shuffle_rng=np.random.default_rng(0))
     assert shuffled[0] == pytest.approx(real[0], abs=1e-4) and shuffled[1] != pytest.approx(real[1], abs=1e-3)
 
@@ -187,9 +188,9 @@ def test_sample_baselines_are_matched_to_their_condition(trained_run, tmp_path):
     motifs = tmp_path / "motifs.json"
     motifs.write_text(json.dumps([{"target": t, "regex": m} for t, m in FIXTURE_MOTIFS.items()]))
     run = mc.load_run(trained_run)
-    val, train = mc.evaluation_split(run)
-    report = mc.sampling_report(run, val, train, n_samples=60, n_per_target=30, motifs=motifs)
-    comps = mc.condition_compositions(train, run.vocab)
+    val, train = ev.evaluation_split(run)
+    report = ev.sampling_report(run, val, train, n_samples=60, n_per_target=30, motifs=motifs)
+    comps = ev.condition_compositions(train, run.vocab)
     for label in ("0", "1"):
         s = report["samples"][label]
         assert np.allclose(s["baseline_composition"], comps[label][:20] / comps[label][:20].sum())

@@ -356,18 +356,19 @@ def test_fp16_overflow_steps_are_skipped_and_counted_and_stop_the_run_only_when_
         fixture_csv, tmp_path, monkeypatch, capsys):
     """The gradient scaler runs on CUDA only; its tolerance is what fp16 switches on, so the CPU exercises
     the same skipping and counting."""
-    monkeypatch.setattr(mc.Trainer, "skip_tolerance", mc.MAX_FP16_SKIPS_IN_A_ROW)
     trainer = mc.Trainer(tiny(fixture_csv, max_steps=40), tmp_path / "a")
+    trainer.steps.skip_tolerance = mc.MAX_FP16_SKIPS_IN_A_ROW
     infinite_gradient_at(trainer, {5, 6, 20})
     before = [p.detach().clone() for p in trainer.model.parameters()]
     summary = trainer.run(progress=False)
-    assert summary["step"] == 40 and summary["skipped_steps"] == 3 and trainer.skipped_steps == [5, 6, 20]
+    assert summary["step"] == 40 and summary["skipped_steps"] == 3 and trainer.steps.skipped_steps == [5, 6, 20]
     assert "steps 5, 6, 20: fp16 gradient overflow, update skipped" in capsys.readouterr().err
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     assert any(not torch.equal(p, q) for p, q in zip(trainer.model.parameters(), before))
 
     limit = mc.MAX_FP16_SKIPS_IN_A_ROW
     persistent = mc.Trainer(tiny(fixture_csv, max_steps=40), tmp_path / "c")
+    persistent.steps.skip_tolerance = limit
     infinite_gradient_at(persistent, set(range(8, 41)))
     with pytest.raises(mc.NonFiniteLoss, match=rf"at step {8 + limit}.*steps 8-{8 + limit} were all skipped"):
         persistent.run(progress=False)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import mimir_core as mc
+import mimir_eval as ev
 from conftest import FIXTURE_MOTIFS, write_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,10 +104,10 @@ def test_score_ranks_motif_bearing_peptides_above_shuffled_ones(motif_run):
         with_motif.append("".join(rest[:cut]) + "RSWSKP" + "".join(rest[cut:]))   # a new peptide with the motif
         shuffled.append("".join(rng.sample(seq, len(seq))))
     scores = [r["score"] for r in mc.score(motif_run, with_motif + shuffled, "Q22222")]
-    model = mc.auroc_wins(scores[:100], scores[100:]).mean()
-    log_odds = mc.composition_log_odds(["RSWSKP"], ["ACDEFGHIKLMNPQRSTVWY"], motif_run.vocab.letters)
+    model = ev.auroc_wins(scores[:100], scores[100:]).mean()
+    log_odds = ev.composition_log_odds(["RSWSKP"], ["ACDEFGHIKLMNPQRSTVWY"], motif_run.vocab.letters)
     comp = [round(sum(log_odds[c] for c in p), 9) for p in with_motif + shuffled]     # float sums in any order
-    assert mc.auroc_wins(comp[:100], comp[100:]).mean() == 0.5
+    assert ev.auroc_wins(comp[:100], comp[100:]).mean() == 0.5
     assert model > 0.75, model
 
 
@@ -175,7 +176,7 @@ def test_format_scores_ranks_best_first_and_keeps_skipped_rows_last():
 
 
 def test_paired_auroc_on_hand_made_scores():
-    r = mc.paired_auroc({"model": np.array([3.0, 2.0, 1.0, 0.0]), "composition": np.array([0.0, 1.0, 1.0, 2.0])},
+    r = ev.paired_auroc({"model": np.array([3.0, 2.0, 1.0, 0.0]), "composition": np.array([0.0, 1.0, 1.0, 2.0])},
                         n_pos=2, n_boot=200)
     assert (r["positives"], r["negatives"]) == (2, 2)
     assert r["model"]["auroc"] == 1.0 and r["model"]["interval"] == [1.0, 1.0]
@@ -183,12 +184,12 @@ def test_paired_auroc_on_hand_made_scores():
     assert r["difference"]["composition"]["value"] == pytest.approx(1.0 - r["composition"]["auroc"])
     lo, hi = r["composition"]["interval"]
     assert lo <= r["composition"]["auroc"] <= hi
-    same = mc.paired_auroc({"a": np.arange(10.0), "b": np.arange(10.0)}, n_pos=5)
+    same = ev.paired_auroc({"a": np.arange(10.0), "b": np.arange(10.0)}, n_pos=5)
     assert same["a"]["auroc"] == 0.0 and same["difference"]["b"] == {"value": 0.0, "interval": [0.0, 0.0]}
 
 
 def test_evaluate_reports_score_auroc_per_target_beside_composition(trained_run):
-    report = mc.evaluate(trained_run, n_samples=50, n_per_target=20)
+    report = ev.evaluate(trained_run, n_samples=50, n_per_target=20)
     auroc = report["score_auroc"]
     assert set(auroc["targets"]) == set(FIXTURE_MOTIFS)
     for target, sets in auroc["targets"].items():
@@ -199,7 +200,7 @@ def test_evaluate_reports_score_auroc_per_target_beside_composition(trained_run)
                 lo, hi = r[scorer]["interval"]
                 assert 0 <= lo <= r[scorer]["auroc"] <= hi <= 1
         assert sets["background"]["model"]["auroc"] > 0.7, (target, sets)   # the fixture's targets are easy
-    text = mc.format_report(report).split("Score ranking")[1]
+    text = ev.format_report(report).split("Score ranking")[1]
     assert all(t in text for t in FIXTURE_MOTIFS) and "composition" in text and "background" in text
 
 
@@ -208,10 +209,10 @@ def test_evaluate_reports_score_auroc_per_target_beside_composition(trained_run)
 
 def test_strength_zero_returns_the_parent_and_more_strength_moves_further(run):
     parent = "KPPLPAEMKS"
-    assert mc.generate(run, n=20, target="P11111", parent=parent, strength=0) == [parent] * 20
+    assert mc.generate_variants(run, parent, n=20, strength=0, target="P11111") == [parent] * 20
     identity = {}
     for s in (0.2, 0.6, 1.0):
-        variants = mc.generate(run, n=100, target="P11111", parent=parent.lower(), strength=s, seed=1)
+        variants = mc.generate_variants(run, parent.lower(), n=100, strength=s, target="P11111", seed=1)
         assert all(len(v) == len(parent) and set(v) <= set(mc.RESIDUES) for v in variants)
         identity[s] = np.mean([mc.identity(v, parent) for v in variants])
     assert identity[0.2] > identity[0.6] > identity[1.0], identity
@@ -220,7 +221,7 @@ def test_strength_zero_returns_the_parent_and_more_strength_moves_further(run):
 
 def test_every_template_output_matches_its_template(run):
     for template in ("xxPPLPxx", "rswskpxxxx", "XGGWWXXXXXXXXX", "ACDEF"):
-        outputs = mc.generate(run, n=50, target="O33333", template=template, seed=2)
+        outputs = mc.fill_template(run, template, n=50, target="O33333", seed=2)
         assert all(len(p) == len(template) and set(p) <= set(mc.RESIDUES) for p in outputs)
         for p in outputs:
             assert all(t in "xX" or t.upper() == c for t, c in zip(template, p)), (template, p)
@@ -229,20 +230,20 @@ def test_every_template_output_matches_its_template(run):
 
 
 def test_variants_and_templates_reject_bad_requests(run):
-    cases = [(dict(parent="AC1DEF"), r"parent 'AC1DEF': '1' at position 3 is not a residue letter"),
-             (dict(parent="ACXDEF"), r"'X' at position 3 is not among this model's residue letters"),
-             (dict(parent="ACD"), r"parent 'ACD': length 3 outside 4-20"),
-             (dict(parent="ACDEFG", strength=1.5), r"strength must lie in \[0, 1\]"),
-             (dict(parent="ACDEFG", strength=-0.1), r"strength must lie in \[0, 1\]"),
-             (dict(strength=0.3), "a strength goes with a parent"),
-             (dict(template="xx.xx"), r"template 'xx.xx': '.' at position 3 is not a residue letter or x"),
-             (dict(template="x" * 21), "length 21 outside 4-20"),
-             (dict(parent="ACDEFG", template="xxxxxx"), "not both"),
-             (dict(parent="ACDEFG", min_length=8, max_length=12), "length 6, outside the requested length range 8-12"),
-             (dict(template="xxPPxx", max_length=5), "length 6, outside the requested length range 4-5")]
-    for kwargs, message in cases:
+    variants = lambda parent, **kw: mc.generate_variants(run, parent, n=3, **kw)
+    template = lambda template, **kw: mc.fill_template(run, template, n=3, **kw)
+    cases = [(variants, dict(parent="AC1DEF"), r"parent 'AC1DEF': '1' at position 3 is not a residue letter"),
+             (variants, dict(parent="ACXDEF"), r"'X' at position 3 is not among this model's residue letters"),
+             (variants, dict(parent="ACD"), r"parent 'ACD': length 3 outside 4-20"),
+             (variants, dict(parent="ACDEFG", strength=1.5), r"strength must lie in \[0, 1\]"),
+             (variants, dict(parent="ACDEFG", strength=-0.1), r"strength must lie in \[0, 1\]"),
+             (variants, dict(parent="ACDEFG", label=0, target="P11111"), "a target goes with label 1"),
+             (template, dict(template="xx.xx"), r"template 'xx.xx': '.' at position 3 is not a residue letter or x"),
+             (template, dict(template="x" * 21), "length 21 outside 4-20"),
+             (template, dict(template="xxPPxx", target="NOPE"), "unknown target 'NOPE'")]
+    for mode, kwargs, message in cases:
         with pytest.raises(mc.DataError, match=message):
-            mc.generate(run, n=3, **kwargs)
+            mode(**kwargs)
 
 
 def test_cli_variants_with_identity_and_templates(trained_run):
@@ -255,3 +256,7 @@ def test_cli_variants_with_identity_and_templates(trained_run):
     assert "mean identity" in proc.stderr
     proc = cli("generate", *where, "--from", "KPPLPAEMKS", "--template", "xxPPLPxx")
     assert proc.returncode == 2 and "not allowed with argument --from" in proc.stderr
+    proc = cli("generate", *where, "--strength", "0.3")
+    assert proc.returncode == 2 and "--strength goes with --from" in proc.stderr and "Traceback" not in proc.stderr
+    proc = cli("generate", *where, "--template", "xxPPLPxx", "--min-length", "8")
+    assert proc.returncode == 2 and "keep the length of their peptide" in proc.stderr
