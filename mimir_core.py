@@ -113,6 +113,8 @@ class Config:
     log_every: int = 50             # steps between reads of the on-device loss buffer
     device: str = "auto"
     compile: bool = False
+    precision: str = "auto"         # auto: bf16 on compute capability 8.0+, fp16 with a gradient scaler before
+    cuda_graph: bool = False        # replay the training step as one CUDA graph (one GPU, no DDP, no compile)
 
 
 # The guide's presets (all batch 256). Parameter counts with vocab 25 and 800 targets: 839K, 3.9M, 21.5M.
@@ -137,6 +139,7 @@ def config_from_saved(saved: dict) -> Config:
     return Config(**{**LEGACY_SETTINGS, **saved})
 
 
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")     # the training step's precision on a GPU (the CPU trains in fp32)
 DEVICES = "auto, cpu, cuda, cuda:N"     # auto: CUDA when a GPU is visible, else the CPU
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
 
@@ -166,6 +169,7 @@ SETTING_RANGES = {
     "save_every_minutes": (">= 0 (0: at every loss read)", lambda v: v >= 0),
     "log_every": (">= 1", lambda v: v >= 1),
     "device": (f"one of {DEVICES}", lambda v: re.fullmatch(DEVICE_PATTERN, v) is not None),
+    "precision": ("one of " + ", ".join(PRECISIONS), lambda v: v in PRECISIONS),
 }
 
 
@@ -255,19 +259,25 @@ def distributed_setup(device: str = "auto") -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), dev
 
 
-def amp_dtype(device: torch.device):
-    """Mixed-precision dtype: bf16 on compute capability >= 8.0 (A100), fp16 before (T4), none on CPU.
+def amp_dtype(device: torch.device, precision: str = "auto"):
+    """Mixed-precision dtype for `precision` (PRECISIONS), None for fp32. auto: bf16 on compute capability
+    >= 8.0 (A100), fp16 before (T4), where fp16 trains with a gradient scaler. The CPU always runs in fp32.
     torch.cuda.is_bf16_supported() can say yes on a T4 (emulated, slow), so ask for the capability."""
-    if device.type != "cuda":
+    if device.type != "cuda" or precision == "fp32":
         return None
-    major, _ = torch.cuda.get_device_capability(device)
-    return torch.bfloat16 if major >= 8 else torch.float16
+    major, minor = torch.cuda.get_device_capability(device)
+    if precision == "bf16" and major < 8:
+        raise DataError(f"precision bf16 needs a GPU of compute capability 8.0 or newer (A100, H100); this one is "
+                        f"{major}.{minor}: choose precision fp16 (with the gradient scaler), fp32 or auto")
+    if precision == "fp16" or (precision == "auto" and major < 8):
+        return torch.float16
+    return torch.bfloat16
 
 
-def autocast(device: torch.device):
-    """Mixed precision (amp_dtype) for the model's forward passes; a no-op on the CPU. Everything after
-    the logits (losses, posteriors, sampling) runs in fp32."""
-    dtype = amp_dtype(device)
+def autocast(device: torch.device, precision: str = "auto"):
+    """Mixed precision (amp_dtype) for the model's forward passes; a no-op on the CPU and in fp32. Everything
+    after the logits (losses, posteriors, sampling) runs in fp32."""
+    dtype = amp_dtype(device, precision)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
@@ -287,15 +297,16 @@ def full_precision(device: torch.device):
         torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
-def runtime_info(device: str = "auto") -> str:
+def runtime_info(device: str = "auto", precision: str = "auto") -> str:
     """One paragraph on where training will run: GPU name and memory, precision, or a CPU warning."""
     dev = pick_device(device)
     lines = [f"torch {torch.__version__}, python {sys.version.split()[0]}"]
     if dev.type == "cuda":
         props = torch.cuda.get_device_properties(dev)
-        precision = {torch.bfloat16: "bf16 mixed precision", torch.float16: "fp16 mixed precision + gradient scaler"}
+        named = {torch.bfloat16: "bf16 mixed precision", torch.float16: "fp16 mixed precision + gradient scaler",
+                 None: "fp32"}
         lines.append(f"GPU: {props.name}, {props.total_memory / 2**30:.1f} GiB, compute capability "
-                     f"{props.major}.{props.minor} -> {precision[amp_dtype(dev)]}, fused AdamW, TF32 matmuls")
+                     f"{props.major}.{props.minor} -> {named[amp_dtype(dev, precision)]}, fused AdamW, TF32 matmuls")
     else:
         lines.append(f"No GPU: training runs on the CPU ({os.cpu_count()} cores) in fp32. Fine for the demo and "
                      f"the tiny preset; for small/medium/large pick a GPU (Colab: Runtime > Change runtime type "
@@ -619,7 +630,9 @@ def split_indices(rows: Rows, val_fraction: float) -> tuple[np.ndarray, np.ndarr
     """Deterministic train / held-out split by group: the source protein when the file names one (so
     overlapping windows of a protein never straddle the split), else the sequence itself. A group is
     held out when a hash of its key falls below val_fraction; each label gets at least one group."""
-    keys = rows.sources if rows.sources is not None else rows.sequences
+    # An empty source names no protein: the row is a group of its own, as without a source column. One
+    # shared group "" would send every such row to one side (its hash, 0, is below any val_fraction).
+    keys = rows.sequences if rows.sources is None else [s or seq for s, seq in zip(rows.sources, rows.sequences)]
     group_hash = {k: zlib.crc32(k.encode()) / 2**32 for k in set(keys)}
     h = np.array([group_hash[k] for k in keys])
     is_val = h < val_fraction
@@ -630,6 +643,39 @@ def split_indices(rows: Rows, val_fraction: float) -> tuple[np.ndarray, np.ndarr
             if len(label_groups) >= 2:                      # never hold out a label's only group
                 is_val |= h == group_hash[label_groups[0]]
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def split_groups(rows: Rows, idx: list) -> str:
+    """What groups these rows form, in words: their sources, and how many rows have none."""
+    sources = [rows.sources[i] for i in idx if rows.sources[i]] if rows.sources is not None else []
+    named = sorted(set(sources))
+    more = f" and {len(named) - 5} more" if len(named) > 5 else ""
+    parts = [f"source(s) {', '.join(named[:5])}{more}"] if named else []
+    if len(idx) > len(sources):
+        parts.append(f"{len(idx) - len(sources)} row(s) without a source")
+    return " and ".join(parts)
+
+
+def split_for_training(rows: Rows, val_fraction: float, quiet: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """split_indices, checked: a label whose rows all fell in the held-out split is a DataError naming it
+    (training would go on without ever seeing it); targets left with no training rows get a warning
+    naming them, unless quiet (their rows still serve the held-out figures)."""
+    train_idx, val_idx = split_indices(rows, val_fraction)
+    for label in (0, 1):
+        held = val_idx[rows.labels[val_idx] == label].tolist()
+        if held and not (rows.labels[train_idx] == label).any():
+            raise DataError(f"{rows.path}: the held-out split ({val_fraction:.0%} of the groups) takes all {len(held)} "
+                            f"label-{label} rows and leaves none to train on; they come from "
+                            f"{split_groups(rows, held)}. Rows of one source stay on one side of the split: give "
+                            f"these rows more sources (an empty source makes a row a group of its own).")
+    targets_of = lambda idx: {rows.targets[i] for i in idx[rows.labels[idx] == 1].tolist()}   # label 1's
+    untrained = sorted(targets_of(val_idx) - targets_of(train_idx))
+    if untrained and not quiet:
+        log(f"warning: {len(untrained)} target(s) have no training rows: all their rows in {rows.path} fell in the "
+            f"held-out split (by source, or by sequence where a row has none). The model cannot learn them, and "
+            f"peptides generated for them come from an untrained target: {', '.join(untrained[:10])}"
+            + (f" and {len(untrained) - 10} more" if len(untrained) > 10 else ""))
+    return train_idx, val_idx
 
 
 HELDOUT_SUBSET_SEED = 0
@@ -801,21 +847,24 @@ class Residues:
         return grid.view(*self.shape, h.shape[-1])
 
 
-def rotary_angles(positions, head_dim: int):
-    """e^(i * angle) (..., head_dim / 2) of rotary position embeddings (Su et al. 2021) at integer
-    positions (...): rotating each pair of query and key features by an angle proportional to the
+def rotary_table(head_dim: int, length: int = MAX_LEN):
+    """(cos, sin) of the rotary position embeddings' angles (Su et al. 2021) at positions 0..length-1, each
+    (length, head_dim / 2): rotating each pair of query and key features by an angle proportional to the
     position makes their dot product depend on the offset between two residues only, so a motif learned
-    at one offset is recognised at every other."""
-    freqs = 10_000 ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    angles = positions[..., None].float() * freqs
-    return torch.polar(torch.ones_like(angles), angles)
+    at one offset is recognised at every other. Pair i turns by position * 10000^(-2i / head_dim). The
+    values come from torch.polar, as the complex form's e^(i angle) did, so CPU runs keep their weights."""
+    freqs = 10_000 ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.arange(length).float()[:, None] * freqs
+    turn = torch.polar(torch.ones_like(angles), angles)
+    return turn.real.contiguous(), turn.imag.contiguous()
 
 
-def rotate(x, turn):
-    """x (..., head_dim) with each pair of neighbouring features turned by `turn` (complex, broadcast over
-    (..., head_dim / 2)): one complex product, the cheapest form on the CPU."""
-    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-    return torch.view_as_real(pairs * turn).flatten(-2).type_as(x)
+def rotate(x, cos, sin):
+    """x (..., head_dim) with each pair of neighbouring features (2i, 2i + 1) turned by the angle whose cos
+    and sin are given (broadcast over (..., head_dim / 2)), in fp32: (x1 cos - x2 sin, x1 sin + x2 cos),
+    the complex product (x1 + i x2) e^(i angle) in real arithmetic, which fuses and graphs like any other."""
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2).type_as(x)
 
 
 class SelfAttention(nn.Module):
@@ -827,13 +876,14 @@ class SelfAttention(nn.Module):
 
     def forward(self, x, attn_mask, res: Residues, turn=None):
         """x: residue rows (N, D) or (B, L, D); attn_mask: (B, 1, 1, L), True = attend; turn: each row's
-        rotary angles (N or B, L, head_dim / 2), or None for no rotary attention."""
+        rotary (cos, sin), each (N or B, L, head_dim / 2), or None for no rotary attention."""
         B, L = res.shape
         D = x.shape[-1]
         qkv = self.qkv(x)
         qk, v = qkv[..., :2 * D], qkv[..., 2 * D:]
         if turn is not None:                            # rotated on residue rows, before the grid
-            qk = rotate(qk.unflatten(-1, (2, self.n_heads, -1)), turn[..., None, None, :]).flatten(-3)
+            cos, sin = (part[..., None, None, :] for part in turn)
+            qk = rotate(qk.unflatten(-1, (2, self.n_heads, -1)), cos, sin).flatten(-3)
         q, k = res.unpack(qk).view(B, L, 2, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
         v = res.unpack(v).view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2)    # (B, H, L, D / H)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
@@ -881,6 +931,9 @@ class X0Transformer(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, vocab_size - 1)              # residue letters only: PAD is never predicted
         self.pack_residues = None                                   # None: on the CPU only (see Residues)
+        cos, sin = rotary_table(self.head_dim)                      # fixed: not saved in checkpoints
+        self.register_buffer("rotary_cos", cos, persistent=False)
+        self.register_buffer("rotary_sin", sin, persistent=False)
         self.apply(self._init)
 
     @staticmethod
@@ -901,7 +954,8 @@ class X0Transformer(nn.Module):
             to_cterm = (pad_mask.sum(1, keepdim=True) - 1 - pos[None]).clamp_min(0)
             h = h + self.cterm_emb(to_cterm)
         h = res.pack(h)
-        turn = rotary_angles(res.positions(xt.device), self.head_dim) if self.rotary else None
+        positions = res.positions(xt.device) if self.rotary else None
+        turn = (self.rotary_cos[positions], self.rotary_sin[positions]) if self.rotary else None
         attn_mask = pad_mask[:, None, None, :]                      # residues never attend to PAD
         for block in self.blocks:
             h = block(h, attn_mask, res, turn)
@@ -976,17 +1030,18 @@ class D3PM:
         unnorm = self.Q[t[:, None], :, xtr] * prev_probs                   # Q[t][j, x_t] for every j
         return unnorm / unnorm.sum(-1, keepdim=True).clamp_min(1e-30)
 
-    def losses(self, model, x0, label, target_id, generator=None, part=slice(None)):
+    def losses(self, model, x0, label, target_id, generator=None, part=slice(None), precision: str = "auto"):
         """Training losses for a batch of clean tokens x0 (B, L): ce of the x0 prediction and vb, the KL
         between true and predicted posteriors, both averaged over residue positions (PAD excluded).
         `part` picks the rows this process scores: data-parallel ranks draw the noise of the whole batch
-        and divide by its residue count, so their summed gradients equal a single process's."""
+        and divide by its residue count, so their summed gradients equal a single process's. `precision`: the
+        model's forward pass (autocast)."""
         n = (x0 != PAD).sum().clamp_min(1)
         t = torch.randint(1, self.T + 1, (x0.shape[0],), device=x0.device, generator=generator)
         xt, xtr = self.q_sample(x0, t, generator)
         x0, xt, xtr, t, label, target_id = (v[part] for v in (x0, xt, xtr, t, label, target_id))
         pad_mask, x0r = x0 != PAD, (x0.long() - 1).clamp_min(0)
-        with autocast(x0.device):
+        with autocast(x0.device, precision):
             logits = model(xt, t, label, target_id)
         ce, vb = self.ce_and_vb(logits.float(), x0r, xtr, t)   # (B, L, K) logits; the loss math in fp32
         return (ce * pad_mask).sum() / n, (vb * pad_mask).sum() / n
@@ -1062,14 +1117,39 @@ def sampling_weights(ckpt: dict) -> dict:
     return ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"]
 
 
+RUN_FILES = ("best.pt", "last.pt", MODEL_FILE)   # a folder holding one of these is a run to sample from
+
+
 def checkpoint_path(run_dir, checkpoint: str = "best") -> Path:
     """The file a run samples from: best.pt, else last.pt, else model.pt (a run downloaded without its
     checkpoints); or last.pt when asked for."""
     run_dir = Path(run_dir)
     if checkpoint != "best":
         return run_dir / f"{checkpoint}.pt"
-    return next((run_dir / name for name in ("best.pt", "last.pt", MODEL_FILE) if (run_dir / name).exists()),
+    return next((run_dir / name for name in RUN_FILES if (run_dir / name).exists()),
                 run_dir / "best.pt")
+
+
+def runs_in(folder) -> list:
+    """The names of the runs in a folder: its subfolders that hold a checkpoint or a model file."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(d.name for d in folder.iterdir() if d.is_dir() and any((d / f).is_file() for f in RUN_FILES))
+
+
+def no_run_message(run_dir) -> str:
+    """What is wrong with a run directory that holds no checkpoint, and which runs its folder does hold."""
+    run_dir, folder = Path(run_dir), Path(run_dir).parent
+    runs = runs_in(folder)
+    if run_dir.is_dir():
+        problem = f"{run_dir} holds no checkpoint yet ({', '.join(RUN_FILES)}): its training saved none"
+    else:
+        problem = f"there is no run named '{run_dir.name}' in {folder}"
+    if runs:
+        more = f" and {len(runs) - 20} more" if len(runs) > 20 else ""
+        return f"{problem}; the runs there: {', '.join(runs[:20])}{more}"
+    return f"{problem}; {folder} {'holds no runs' if folder.is_dir() else 'does not exist'}"
 
 
 def read_data_stats(run_dir) -> dict:
@@ -1097,7 +1177,7 @@ def export_model(run_dir, checkpoint: str = "best") -> Path:
 # --- resume policy: which checkpoint, which config, the same data -----------------------------
 
 # What a resumed run may change: how long it runs and where. Its model, optimisation and data stay.
-RESUMABLE = ("epochs", "max_steps", "device", "save_every_minutes", "compile", "log_every")
+RESUMABLE = ("epochs", "max_steps", "device", "save_every_minutes", "compile", "log_every", "precision", "cuda_graph")
 
 
 def resume_checkpoint(run_dir: Path, resume: bool) -> dict | None:
@@ -1284,7 +1364,7 @@ def heldout_losses(model, diffusion: D3PM, data: DeviceData, cfg: Config, batch_
     sums = torch.zeros(3, device=device)
     for start in range(0, len(rows), batch_size):
         x0, label, target_id = data.batch(rows[start:start + batch_size])
-        ce, vb = diffusion.losses(model, x0, label, target_id, generator=g)
+        ce, vb = diffusion.losses(model, x0, label, target_id, generator=g, precision=cfg.precision)
         w = (x0 != PAD).sum()
         sums += torch.stack([ce * w, vb * w, w.float()])
     model.train(was_training)
@@ -1365,6 +1445,118 @@ class DeferredInterrupt:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
+
+
+# --- the step as one CUDA graph ------------------------------------------------------------
+
+GRAPH_WARMUP_STEPS = 3      # eager steps before each capture (real training steps, run on a side stream)
+
+
+class CudaGraph:
+    """torch.cuda.CUDAGraph behind the two calls CudaGraphStep makes: capture(fn) records fn's kernels without
+    running them (nothing on the device changes), replay() runs them and returns fn's outputs, tensors that
+    each replay overwrites."""
+
+    def __init__(self):
+        self.graph, self.out = torch.cuda.CUDAGraph(), None
+
+    def capture(self, fn):
+        with torch.cuda.graph(self.graph):
+            self.out = fn()
+
+    def replay(self):
+        self.graph.replay()
+        return self.out
+
+
+class CudaGraphStep:
+    """The device's share of a training step (Trainer.update: condition dropout, noise, forward, loss, backward,
+    clipping, AdamW, gradient scaler) replayed as one CUDA graph: one launch instead of ~500 kernels, which a
+    small model otherwise waits on. Nothing is frozen at capture; what changes from step to step enters
+    through tensors the graph reads: the batch's row indices (`idx`, gathered inside the graph), each param
+    group's lr (`lrs`, 0-dim, filled from the scheduler's float before each replay), the scaler's scale, and
+    the CUDA generator, whose offset a replay advances as the eager step's draws would. The host's share
+    (the lr schedule, the EMA) runs eagerly after each step (Trainer.after_update).
+    The first `warmup` steps after set-up or reset() are real training steps run eagerly on a side stream
+    (cuBLAS, autocast and AdamW's state are set up there, as torch's whole-network capture asks), so warming
+    up follows the eager run's trajectory; then a capture, which runs nothing, and a replay per step. reset()
+    after anything that replaces the tensors the graph reads (a restore: load_state_dict makes new optimizer
+    state): the next steps warm up and capture again, from the restored state."""
+
+    make_graph = CudaGraph          # what records and replays; tests put a CPU stand-in here
+    device_types = ("cuda",)        # where a graph can be captured
+
+    def __init__(self, trainer, warmup: int = GRAPH_WARMUP_STEPS):
+        self.trainer, self.warmup, self.captures = trainer, warmup, 0
+        device = trainer.device
+        self.idx = torch.zeros(trainer.cfg.batch_size, dtype=torch.long, device=device)
+        self.lrs = [self.lr_buffer(device) for _ in trainer.optimizer.param_groups]
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.reset()
+
+    @classmethod
+    def for_trainer(cls, trainer):
+        """The graph step a Trainer uses, or None for the eager step: graphs need cfg.cuda_graph and one CUDA
+        device; DDP (world > 1) and torch.compile keep the eager step."""
+        cfg = trainer.cfg
+        if not cfg.cuda_graph:
+            return None
+        why = ("it needs a CUDA GPU" if trainer.device.type not in cls.device_types else
+               "it runs on a single process, not under DDP" if trainer.world > 1 else
+               "it does not combine with compile" if cfg.compile else None)
+        if why:
+            if trainer.is_main:
+                log(f"note: cuda_graph is on, but {why}: training with the eager step")
+            return None
+        return cls(trainer)
+
+    @staticmethod
+    def lr_buffer(device):
+        """A 0-dim lr for fused AdamW: float32 on CUDA, whose kernel reads a float there; float64 elsewhere, where
+        the kernel reads it as the double a float lr is, so the step is the float lr's bit for bit."""
+        return torch.zeros((), dtype=torch.float32 if device.type == "cuda" else torch.float64, device=device)
+
+    def reset(self):
+        """Forget the graph: the next `warmup` steps run eagerly, then the step is captured again."""
+        self.graph, self.eager_left = None, self.warmup
+
+    def __call__(self, idx):
+        """One training step on the rows `idx` of the training data (as Trainer.train_step on their batch)."""
+        trainer = self.trainer
+        self.idx.copy_(idx)
+        for lr, group in zip(self.lrs, trainer.optimizer.param_groups):
+            lr.fill_(group["lr"])                       # the float the scheduler set for this step
+        if self.graph is None and self.eager_left == 0:
+            self._capture()
+        if self.graph is not None:
+            out = self.graph.replay()
+        else:
+            self.eager_left -= 1
+            out = self._on_side_stream(self._update)
+        trainer.after_update()
+        return out
+
+    def _update(self):
+        trainer = self.trainer
+        return trainer.update(*trainer.train_data.batch(self.idx), lrs=self.lrs)
+
+    def _capture(self):
+        for group in self.trainer.optimizer.param_groups:
+            group["capturable"] = True                  # fused AdamW; a checkpoint's param groups may say False
+        self.graph = self.make_graph()
+        self.graph.capture(self._update)
+        self.captures += 1
+
+    def _on_side_stream(self, fn):
+        if self.stream is None:
+            return fn()
+        main = torch.cuda.current_stream(self.trainer.device)
+        self.stream.wait_stream(main)
+        with torch.cuda.stream(self.stream):
+            out = fn()
+        main.wait_stream(self.stream)
+        out.record_stream(main)                         # read on the main stream; allocated on this one
+        return out
 
 
 class StepLog:
@@ -1497,9 +1689,10 @@ class Trainer:
         self.steps_per_epoch = max(1, len(self.epoch_rows) // cfg.batch_size)
         self.total_steps = min(cfg.epochs * self.steps_per_epoch, cfg.max_steps or math.inf)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_at(s, cfg, self.total_steps))
-        self.amp = amp_dtype(self.device)
+        self.amp = amp_dtype(self.device, cfg.precision)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         self.forward = self.parallel_model()
+        self.graph_step = CudaGraphStep.for_trainer(self)    # None: the eager step (train_step)
         self.step, self.epoch, self.best_val, self.history, self.mid_step = 0, 0, float("inf"), [], False
         self.steps = StepLog(self.run_dir / "history_steps.csv" if self.is_main else None, self.device, cfg.log_every,
                              self.world, lambda step: cfg.lr * lr_at(step - 1, cfg, self.total_steps),
@@ -1526,7 +1719,7 @@ class Trainer:
         data_sha256 = file_checksum(rows.path) if Path(rows.path).is_file() else ""
         if check:
             check_same_data(self.run_dir, rows, self.vocab, data_sha256)
-        train_idx, val_idx = split_indices(rows, self.cfg.val_fraction)
+        train_idx, val_idx = split_for_training(rows, self.cfg.val_fraction, quiet=not self.is_main)
         self.train_data = DeviceData(rows, self.vocab, train_idx, self.device)
         self.val_data = DeviceData(rows, self.vocab, val_idx, self.device)
         self.stats = {**data_stats(subset_rows(rows, train_idx), self.vocab), "heldout_rows": len(val_idx),
@@ -1550,6 +1743,8 @@ class Trainer:
             write_json(self.run_dir / "vocab.json", {"letters": self.vocab.letters, "targets": self.vocab.targets})
             write_json(self.run_dir / "data_stats.json", self.stats)
             self.steps.start()
+        if self.device.type != "cuda" and self.cfg.precision not in ("auto", "fp32"):
+            log(f"note: precision {self.cfg.precision} applies on a GPU; on the {self.device.type} training runs in fp32")
         if self.total_steps < self.cfg.warmup:
             log(f"note: this run is only {self.total_steps} steps ({self.steps_per_epoch} an epoch), fewer than the "
                 f"{self.cfg.preset} preset's warm-up of {self.cfg.warmup} steps alone: warm-up is cut to "
@@ -1573,6 +1768,8 @@ class Trainer:
         torch.set_rng_state(ckpt["rng_cpu"])
         if self.device.type == "cuda" and ckpt.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng_cuda"], self.device)
+        if self.graph_step is not None:                 # new optimizer state: warm up and capture again
+            self.graph_step.reset()
         if self.is_main:
             self.steps.keep_until(self.step)
             log(f"resuming {self.run_dir} at step {self.step} (epoch {self.epoch + 1})")
@@ -1615,8 +1812,17 @@ class Trainer:
         Returns this rank's (ce, vb, loss) share and the gradient norm; nothing here reads them on the host.
         A step whose gradient is not finite changes nothing (weights, moments, step counts); the StepLog
         sees its norm and decides whether the run goes on."""
+        values = self.update(x0, label, target_id)
+        self.after_update()
+        return values
+
+    def update(self, x0, label, target_id, lrs=None):
+        """The device's share of a step, what CudaGraphStep replays: no value read on the host, no Python
+        value that changes between steps. `lrs`: a 0-dim tensor per param group to use as its lr in place
+        of the group's float (a graph reads the tensor at each replay)."""
         label, target_id = drop_condition(label, target_id, self.cfg.cond_drop, self.cfg.label1_repeat)
-        ce, vb = self.diffusion.losses(self.forward, x0, label, target_id, part=self.part)
+        ce, vb = self.diffusion.losses(self.forward, x0, label, target_id, part=self.part,
+                                       precision=self.cfg.precision)
         loss = ce + self.cfg.hybrid_coeff * vb if self.cfg.hybrid_coeff else ce   # no backward through an unused vb
         self.scaler.scale(loss * self.world).backward()    # DDP averages gradients over ranks; we want their sum
         self.scaler.unscale_(self.optimizer)                # fp16: the true gradients; a no-op otherwise
@@ -1624,16 +1830,28 @@ class Trainer:
         # Clipping spreads one inf as NaN over every gradient. The fused AdamW kernel skips its update where
         # found_inf is 1 (GradScaler's protocol), reading the flag on the device: no host sync.
         self.optimizer.found_inf, self.optimizer.grad_scale = (~grad_norm.isfinite()).float(), None
-        self.optimizer.step()
-        del self.optimizer.found_inf, self.optimizer.grad_scale
+        groups = self.optimizer.param_groups
+        floats = [group["lr"] for group in groups]
+        for group, lr in zip(groups, lrs or ()):
+            group["lr"] = lr                                # fused AdamW reads a tensor lr on the device
+        try:
+            self.optimizer.step()
+        finally:
+            for group, lr in zip(groups, floats):
+                group["lr"] = lr                            # the scheduler and checkpoints keep floats
+            del self.optimizer.found_inf, self.optimizer.grad_scale
         self.scaler.update()                                # fp16: a skipped step lowers the scale
         self.optimizer.zero_grad(set_to_none=True)
+        return torch.stack([ce.detach(), vb.detach(), loss.detach(), grad_norm.detach()])
+
+    def after_update(self):
+        """The host's share of a step, after update(): the lr schedule moves on, and the EMA (eager: its decay
+        depends on the step)."""
         self.scheduler.step()
         if self.ema is not None:                  # short warm-up, so early epochs are not the initial weights
             decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
             with torch.no_grad():
                 torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1 - decay)
-        return torch.stack([ce.detach(), vb.detach(), loss.detach(), grad_norm.detach()])
 
     def run(self, progress: bool = True, verbose: bool = False, on_step=None) -> dict:
         """Train until the epochs or max_steps run out. Ctrl-C (or a notebook interrupt) lets the step under
@@ -1672,9 +1890,10 @@ class Trainer:
         for b in range(first, last):
             if interrupt.requested:                     # between steps: the state is one the run passes through
                 raise KeyboardInterrupt
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             self.mid_step = True
-            full = self.steps.record(self.train_step(*self.train_data.batch(order[b * cfg.batch_size:
-                                                                                  (b + 1) * cfg.batch_size])))
+            full = self.steps.record(self.graph_step(idx) if self.graph_step is not None
+                                     else self.train_step(*self.train_data.batch(idx)))
             self.step, self.mid_step = self.step + 1, False
             bar.update(1)
             if full:
@@ -1750,7 +1969,8 @@ def train(cfg: Config, run_dir, resume: bool = False, skip_invalid: bool = False
             f"{len(trainer.train_data):,} training / {len(trainer.val_data):,} held-out rows (label-1 rows "
             f"x{trainer.cfg.label1_repeat} per epoch), "
             f"{trainer.steps_per_epoch} steps per epoch, device {trainer.device}"
-            f"{', ' + str(trainer.amp).replace('torch.', '') if trainer.amp else ''}")
+            f"{', ' + str(trainer.amp).replace('torch.', '') if trainer.amp else ''}"
+            f"{', one CUDA graph a step' if trainer.graph_step is not None else ''}")
     return trainer.run(progress=progress, verbose=verbose, on_step=RunTimer(trainer, then=on_step))
 
 
@@ -1784,6 +2004,8 @@ def new_run(cfg: Config, vocab: Vocab, device, weights: dict | None = None, stat
 def load_run(run_dir, checkpoint: str = "best", device: str = "auto") -> Run:
     """A model ready to sample, from a run directory (see checkpoint_path) or a model file (export_model)."""
     run_dir = Path(run_dir)
+    if not run_dir.is_file() and run_dir.suffix != ".pt" and not any((run_dir / n).is_file() for n in RUN_FILES):
+        raise DataError(no_run_message(run_dir))        # a run name that names no run: say which runs there are
     path = run_dir if run_dir.is_file() else checkpoint_path(run_dir, checkpoint)
     ckpt = load_checkpoint(path)
     try:
@@ -1899,11 +2121,17 @@ def check_seed_peptide(run: Run, seq: str, what: str, standard_only: bool, wildc
     return seq
 
 
-def sample_batches(run: Run, n: int, lengths_of, label: int, target_id: int, guidance: float, standard_only: bool,
-                   seed: int, batch_size: int, x0=None, start_step: int | None = None, keep=None):
-    """The sampler every mode shares: n peptides in batches of batch_size (yielded as lists of strings), so
-    memory stays flat however many are asked for. lengths_of(m) gives the next m peptides' lengths; x0,
+GENERATE_BATCH = 1024               # peptides sampled together; the command line prints each batch as it comes
+
+
+def sample_batches(run: Run, n: int, lengths_of, label: int, target: str | None, guidance: float,
+                   standard_only: bool, seed: int, batch_size: int, x0=None, start_step: int | None = None, keep=None):
+    """The sampler every mode shares: n peptides in batches of batch_size (yielded as lists of strings), one
+    batch held at a time however many are asked for. lengths_of(m) gives the next m peptides' lengths; x0,
     start_step and keep (one row each, see sample_tokens) are repeated for every peptide."""
+    if n < 0:
+        raise DataError(f"the number of peptides must be 0 or more, not {n}")
+    target_id = check_condition(run, label, target)
     g = torch.Generator(device=run.device).manual_seed(seed)
     repeat = lambda v, m: None if v is None else v.expand(m, -1)
     for start in range(0, n, batch_size):
@@ -1913,56 +2141,60 @@ def sample_batches(run: Run, n: int, lengths_of, label: int, target_id: int, gui
         yield run.vocab.decode(tokens)
 
 
-def generate(run, n: int = 100, label: int = 1, target: str | None = None, min_length: int = MIN_LEN,
-             max_length: int = MAX_LEN, seed: int = 0, guidance: float = DEFAULT_GUIDANCE,
-             standard_only: bool = True, batch_size: int = 1024) -> list:
-    """n peptides for a condition (label 1 or 0; a target implies label 1; no target: any target), their
-    lengths drawn from the training lengths within [min_length, max_length]. `run`: a Run or a run folder."""
-    return [p for batch in generate_batches(run, n, label, target, min_length, max_length, seed, guidance,
-                                            standard_only, batch_size) for p in batch]
-
-
 def generate_batches(run, n: int = 100, label: int = 1, target: str | None = None, min_length: int = MIN_LEN,
                      max_length: int = MAX_LEN, seed: int = 0, guidance: float = DEFAULT_GUIDANCE,
-                     standard_only: bool = True, batch_size: int = 1024):
-    """generate()'s peptides batch by batch, as they are made (the command line prints them so)."""
+                     standard_only: bool = True, batch_size: int = GENERATE_BATCH):
+    """n peptides for a condition (label 1 or 0; a target implies label 1; no target: any target), their
+    lengths drawn from the training lengths within [min_length, max_length], batch by batch as they are
+    made. `run`: a Run or a run folder."""
     run = as_run(run)
-    target_id = check_condition(run, label, target)
     if not MIN_LEN <= min_length <= max_length <= MAX_LEN:
         raise DataError(f"length range {min_length}-{max_length} must lie within {MIN_LEN}-{MAX_LEN}")
+    # Lengths are drawn batch by batch from one generator: the same stream, so the same peptides for a seed,
+    # as drawing all n at once (which took 8 bytes a peptide before the first was made).
     rng, p = np.random.default_rng(seed), length_probs(run, label, target, min_length, max_length)
-    yield from sample_batches(run, n, lambda m: rng.choice(MAX_LEN + 1, size=m, p=p), label, target_id, guidance,
+    yield from sample_batches(run, n, lambda m: rng.choice(MAX_LEN + 1, size=m, p=p), label, target, guidance,
                               standard_only, seed, batch_size)
 
 
-def generate_variants(run, parent: str, n: int = 100, strength: float = DEFAULT_STRENGTH, label: int = 1,
-                      target: str | None = None, seed: int = 0, guidance: float = DEFAULT_GUIDANCE,
-                      standard_only: bool = True, batch_size: int = 1024) -> list:
-    """n variants of a peptide, of its length: it is noised to the step that matches `strength` (0: the
-    parent itself; 1: pure noise, as plain sampling) and denoised under the condition."""
+def variant_batches(run, parent: str, n: int = 100, strength: float = DEFAULT_STRENGTH, label: int = 1,
+                    target: str | None = None, seed: int = 0, guidance: float = DEFAULT_GUIDANCE,
+                    standard_only: bool = True, batch_size: int = GENERATE_BATCH):
+    """n variants of a peptide, of its length, batch by batch: it is noised to the step that matches
+    `strength` (0: the parent itself; 1: pure noise, as plain sampling) and denoised under the condition."""
     run = as_run(run)
-    target_id = check_condition(run, label, target)
     if not 0 <= strength <= 1:
         raise DataError(f"strength must lie in [0, 1] (0: the parent unchanged, 1: from pure noise), not {strength}")
     seq = check_seed_peptide(run, parent, "parent", standard_only)
-    x0 = torch.from_numpy(run.vocab.encode([seq]))
-    batches = sample_batches(run, n, lambda m: np.full(m, len(seq)), label, target_id, guidance, standard_only, seed,
-                             batch_size, x0, strength_step(strength, run.diffusion.T))
-    return [p for batch in batches for p in batch]
+    yield from sample_batches(run, n, lambda m: np.full(m, len(seq)), label, target, guidance, standard_only, seed,
+                              batch_size, torch.from_numpy(run.vocab.encode([seq])), strength_step(strength, run.diffusion.T))
 
 
-def fill_template(run, template: str, n: int = 100, label: int = 1, target: str | None = None, seed: int = 0,
-                  guidance: float = DEFAULT_GUIDANCE, standard_only: bool = True, batch_size: int = 1024) -> list:
+def template_batches(run, template: str, n: int = 100, label: int = 1, target: str | None = None, seed: int = 0,
+                     guidance: float = DEFAULT_GUIDANCE, standard_only: bool = True, batch_size: int = GENERATE_BATCH):
     """n peptides that keep a template's residue letters at every reverse step and write where it has x
-    (e.g. xxPPxYxx); the template sets their length."""
+    (e.g. xxPPxYxx), batch by batch; the template sets their length."""
     run = as_run(run)
-    target_id = check_condition(run, label, target)
     seq = check_seed_peptide(run, template, "template", standard_only, wildcard="X")
     x0 = torch.from_numpy(run.vocab.encode([seq.replace("X", run.vocab.letters[0])]))  # the letter under X is never seen
     keep = torch.tensor([[c != "X" for c in seq] + [False] * (MAX_LEN - len(seq))])
-    batches = sample_batches(run, n, lambda m: np.full(m, len(seq)), label, target_id, guidance, standard_only, seed,
-                             batch_size, x0, keep=keep)
-    return [p for batch in batches for p in batch]
+    yield from sample_batches(run, n, lambda m: np.full(m, len(seq)), label, target, guidance, standard_only, seed,
+                              batch_size, x0, keep=keep)
+
+
+def generate(run, n: int = 100, **options) -> list:
+    """generate_batches' peptides as one list (its options: label, target, min_length, max_length, seed, ...)."""
+    return [p for batch in generate_batches(run, n, **options) for p in batch]
+
+
+def generate_variants(run, parent: str, n: int = 100, **options) -> list:
+    """variant_batches' peptides as one list (its options: strength, label, target, seed, guidance, ...)."""
+    return [p for batch in variant_batches(run, parent, n, **options) for p in batch]
+
+
+def fill_template(run, template: str, n: int = 100, **options) -> list:
+    """template_batches' peptides as one list (its options: label, target, seed, guidance, ...)."""
+    return [p for batch in template_batches(run, template, n, **options) for p in batch]
 
 
 def sample_table(run: Run, target: str | None = None, n: int = 10, min_length: int = MIN_LEN,
@@ -2098,6 +2330,37 @@ def format_scores(results: list, ranked: bool = False) -> str:
 # =============================================================================================
 
 
+# Bounds of the commands' numbers: a request past them would run for days or fill the memory; a typo, likely.
+MAX_PEPTIDES = 10_000_000           # generate -n: written in batches as they are made
+MAX_EVAL_SAMPLES = 100_000          # evaluate -n, per condition: the report holds them all
+MAX_DRAWS = 1_000                   # score --draws, evaluate --noise-draws: each draw runs every diffusion step
+MAX_SEED = 2**32 - 1                # numpy's and torch's seeds both take it; training's seed has this range
+MAX_NUM_TARGETS = 100_000
+
+
+def number_in(kind: type, low, high, note: str = ""):
+    """An argparse type: a number of `kind` (int or float) from low to high, both included. Anything else
+    is argparse's error naming the option and this range (exit 2, no traceback); NaN and inf never pass."""
+    allowed = f"{'a whole number' if kind is int else 'a number'} from {low:,} to {high:,}{note}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "a whole number written in digits" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}: it must be {allowed}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number: it must be {allowed}")
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is out of range: it must be {allowed}")
+        return value
+    return parse
+
+
+SEED = number_in(int, 0, MAX_SEED)
+GUIDANCE = number_in(float, -1, 20, " (0: plain conditional, -1: unconditional)")
+
+
 def run_dir_arg(args) -> Path:
     return run_dir_for(args.run_name, args.checkpoint_dir)
 
@@ -2124,7 +2387,7 @@ def add_model_args(p):
 
 TRAIN_FLAGS = ("epochs", "max_steps", "batch_size", "lr", "seed", "device", "save_every_minutes", "dim", "n_layers",
                "n_heads", "n_steps", "hybrid_coeff", "warmup", "cond_drop", "label1_repeat", "rotary", "termini",
-               "ema_decay", "data", "compile")
+               "ema_decay", "data", "compile", "precision", "cuda_graph")
 
 
 def cmd_train(args):
@@ -2152,8 +2415,7 @@ def cmd_generate(args):
     run = load_run(run_dir_arg(args), checkpoint=args.checkpoint, device=args.device)
     condition = dict(label=args.label, target=args.target, seed=args.seed, guidance=args.guidance,
                      standard_only=not args.allow_rare)
-    seed_peptide = args.parent or args.template
-    if seed_peptide and (args.min_length, args.max_length) != (None, None):
+    if (args.parent or args.template) and (args.min_length, args.max_length) != (None, None):
         raise DataError("--min-length and --max-length go with plain sampling: variants and filled templates keep "
                         "the length of their peptide")
     if args.strength is not None and args.parent is None:
@@ -2162,23 +2424,38 @@ def cmd_generate(args):
         raise DataError("--verbose adds each variant's identity to its parent: it goes with --from")
     if args.parent is not None:
         strength = DEFAULT_STRENGTH if args.strength is None else args.strength
-        batches = [generate_variants(run, args.parent, args.n, strength, **condition)]
+        batches = variant_batches(run, args.parent, args.n, strength, **condition)
     elif args.template is not None:
-        batches = [fill_template(run, args.template, args.n, **condition)]
+        batches = template_batches(run, args.template, args.n, **condition)
     else:
         batches = generate_batches(run, args.n, min_length=args.min_length or MIN_LEN,
                                    max_length=args.max_length or MAX_LEN, **condition)
-    for peptides in batches:
-        print_peptides(peptides, args.parent.strip().upper() if args.verbose else None)
+    write_batches(batches, args.n, args.parent.strip().upper() if args.verbose else None)
 
 
-def print_peptides(peptides: list, parent: str | None = None):
-    """One peptide a line on stdout; with a parent, a second column with each one's identity to it."""
-    if parent is None:
-        sys.stdout.write("".join(p + "\n" for p in peptides))
+def write_batches(batches, n: int, parent: str | None = None):
+    """Peptides on stdout, one a line, each batch as soon as it is made (a progress bar on stderr past one
+    batch), so the first lines can be read or piped on at once. With a parent, a second column gives each
+    one's identity to it. A reader that stops early (generate ... | head) ends the command quietly."""
+    from tqdm.auto import tqdm
+    batch, identities = next(batches), 0.0            # a bad request fails here, before any output
+    try:
+        sys.stdout.write("peptide\tidentity_to_parent\n" if parent else "")
+        with tqdm(total=n, unit=" peptides", file=sys.stderr, disable=n <= GENERATE_BATCH) as bar:
+            while batch:
+                if parent:
+                    scores = [identity(p, parent) for p in batch]
+                    identities += sum(scores)
+                    batch = [f"{p}\t{score:.3f}" for p, score in zip(batch, scores)]
+                sys.stdout.write("".join(line + "\n" for line in batch))
+                sys.stdout.flush()
+                bar.update(len(batch))
+                batch = next(batches, [])
+    except BrokenPipeError:                             # the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())     # no second error at exit
         return
-    sys.stdout.write("peptide\tidentity_to_parent\n" + "".join(f"{p}\t{identity(p, parent):.3f}\n" for p in peptides))
-    log(f"mean identity to {parent}: {np.mean([identity(p, parent) for p in peptides]):.3f}")
+    if parent:
+        log(f"mean identity to {parent}: {identities / n:.3f}")
 
 
 def cmd_score(args):
@@ -2217,6 +2494,10 @@ def cmd_presets(args):
     print(json.dumps(out, indent=1))
 
 
+TRAIN_HELP = {"--max-steps": "stop after this many steps even if epochs remain (0, the preset's default: no "
+                             "limit, the epochs decide)"}
+
+
 def add_train_parser(sub):
     p = sub.add_parser("train", help="train or resume a model")
     p.add_argument("--preset", default=None, choices=list(PRESETS),
@@ -2229,7 +2510,7 @@ def add_train_parser(sub):
                       ("--seed", int), ("--save-every-minutes", float), ("--dim", int), ("--n-layers", int),
                       ("--n-heads", int), ("--n-steps", int), ("--hybrid-coeff", float), ("--warmup", int),
                       ("--cond-drop", float), ("--label1-repeat", int), ("--ema-decay", float)):
-        p.add_argument(flag, type=typ, default=None, help="override the preset")
+        p.add_argument(flag, type=typ, default=None, help=TRAIN_HELP.get(flag, "override the preset"))
     p.add_argument("--rotary", action=argparse.BooleanOptionalAction, default=None,
                    help="rotary attention (default: on)")
     p.add_argument("--termini", action=argparse.BooleanOptionalAction, default=None,
@@ -2239,6 +2520,11 @@ def add_train_parser(sub):
                         "batch/N rows of every global batch; an explicit --batch-size is per process.")
     p.add_argument("--device", default=None, type=device_arg, help=f"one of {DEVICES} (default auto)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (CUDA; slower start)")
+    p.add_argument("--precision", default=None, choices=list(PRECISIONS),
+                   help="the step's precision on a GPU (default auto: bf16 on compute capability 8.0+, fp16 with a "
+                        "gradient scaler before; fp32: no autocast). The CPU trains in fp32.")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay the training step as one CUDA graph (one GPU, no DDP or --compile; default: off)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="print a line per epoch")
     p.set_defaults(func=cmd_train)
@@ -2247,14 +2533,17 @@ def add_train_parser(sub):
 def add_generate_parser(sub):
     p = sub.add_parser("generate", help="print generated peptides, one per line")
     add_run_args(p)
-    p.add_argument("-n", type=int, default=100, help="how many peptides (default 100)")
+    p.add_argument("-n", type=number_in(int, 1, MAX_PEPTIDES), default=100,
+                   help=f"how many peptides (default 100, at most {MAX_PEPTIDES:,}); printed as they are made")
     p.add_argument("--label", type=int, default=1, choices=[0, 1], help="1 interacting (default), 0 background")
     p.add_argument("--target", default=None, help="target accession (label 1); default: any target")
-    p.add_argument("--min-length", type=int, default=None, help=f"plain sampling: shortest length (default {MIN_LEN})")
-    p.add_argument("--max-length", type=int, default=None, help=f"plain sampling: longest length (default {MAX_LEN})")
-    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
+    p.add_argument("--min-length", type=number_in(int, MIN_LEN, MAX_LEN), default=None,
+                   help=f"plain sampling: shortest length (default {MIN_LEN})")
+    p.add_argument("--max-length", type=number_in(int, MIN_LEN, MAX_LEN), default=None,
+                   help=f"plain sampling: longest length (default {MAX_LEN})")
+    p.add_argument("--guidance", type=GUIDANCE, default=DEFAULT_GUIDANCE,
                    help=f"classifier-free guidance S (0 = plain conditional; default {DEFAULT_GUIDANCE})")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     add_model_args(p)
     p.add_argument("--allow-rare", action="store_true", help="allow X/B/Z/U... in outputs")
     seed_peptide = p.add_mutually_exclusive_group()
@@ -2262,7 +2551,7 @@ def add_generate_parser(sub):
                               help="write variants of this peptide (of its length)")
     seed_peptide.add_argument("--template", default=None,
                               help="keep its residue letters, write the positions marked x (e.g. xxPPxYxx)")
-    p.add_argument("--strength", type=float, default=None,
+    p.add_argument("--strength", type=number_in(float, 0, 1), default=None,
                    help=f"with --from: how far variants may move, 0 (the parent) to 1 (from pure noise); "
                         f"default {DEFAULT_STRENGTH}")
     p.add_argument("-v", "--verbose", action="store_true",
@@ -2274,14 +2563,15 @@ def add_score_parser(sub):
     p = sub.add_parser("score", help="score peptides for a target: bits the condition adds over background")
     add_run_args(p)
     p.add_argument("--target", default=None, help="target accession (default: any target)")
-    p.add_argument("--label", type=int, default=1, help="the condition's label (1; background is the reference)")
+    p.add_argument("--label", type=int, default=1, choices=[1],
+                   help="the condition's label (1; background is the reference)")
     p.add_argument("--input", default=None, help="one peptide per line, FASTA or CSV with a sequence column "
                                                  "(default: standard input)")
     p.add_argument("--skip-invalid", action="store_true", help="score the valid peptides; bad lines get a row "
                                                                 "saying why")
-    p.add_argument("--draws", type=int, default=DEFAULT_SCORE_DRAWS,
+    p.add_argument("--draws", type=number_in(int, 1, MAX_DRAWS), default=DEFAULT_SCORE_DRAWS,
                    help=f"noise draws per peptide (default {DEFAULT_SCORE_DRAWS}; more: steadier, slower)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     add_model_args(p)
     p.set_defaults(func=cmd_score)
 
@@ -2296,8 +2586,9 @@ def build_parser():
     p.add_argument("path", help="CSV or CSV.gz with header label,target,sequence[,source]")
     p.set_defaults(func=cmd_verify_data)
     p = sub.add_parser("presets", help="print each preset's settings and parameter count as JSON")
-    p.add_argument("--vocab-size", type=int, default=25, help="tokens including PAD (real data: 25)")
-    p.add_argument("--num-targets", type=int, default=800)
+    p.add_argument("--vocab-size", type=number_in(int, len(RESIDUES) + 1, len(RESIDUES + RARE_RESIDUES) + 1),
+                   default=25, help="tokens including PAD (real data: 25)")
+    p.add_argument("--num-targets", type=number_in(int, 0, MAX_NUM_TARGETS), default=800)
     p.set_defaults(func=cmd_presets)
     return parser
 

@@ -35,8 +35,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mimir_core import (DEFAULT_GUIDANCE, DEFAULT_SCORE_DRAWS, DEMO_DATA, DEMO_MOTIFS, MAX_LEN, MIN_LEN, PAD,
-                        RESIDUES, UNKNOWN_TARGET, DataError, Rows, Run, Vocab, add_model_args, add_run_args,
+from mimir_core import (DEFAULT_GUIDANCE, DEFAULT_SCORE_DRAWS, DEMO_DATA, DEMO_MOTIFS, GUIDANCE, MAX_DRAWS,
+                        MAX_EVAL_SAMPLES, MAX_LEN, MIN_LEN, PAD, RESIDUES, SEED, UNKNOWN_TARGET, DataError, Rows, Run,
+                        Vocab, add_model_args, add_run_args, number_in,
                         condition_bits, generate, heldout_bound_nats, heldout_subset, length_counts, length_probs,
                         letter_counts, load_rows, load_run, log, pyplot, run_command, run_dir_arg, split_indices,
                         subset_rows, summarize_problems, write_json)
@@ -942,14 +943,15 @@ def build_parser():
                                 "conditioning of a trained run, each beside its baseline")
     add_run_args(p)
     p.add_argument("--data", default=None, help="score this file instead of the run's held-out split")
-    p.add_argument("-n", type=int, default=1000, help="samples per condition (default 1000)")
-    p.add_argument("--guidance", type=float, nargs="+", default=[DEFAULT_GUIDANCE],
+    p.add_argument("-n", type=number_in(int, 1, MAX_EVAL_SAMPLES), default=1000,
+                   help="samples per condition (default 1000)")
+    p.add_argument("--guidance", type=GUIDANCE, nargs="+", default=[DEFAULT_GUIDANCE],
                    help=f"classifier-free guidance (default {DEFAULT_GUIDANCE}); several values print a comparison table")
     p.add_argument("--motifs", default=None, help="motifs JSON (target -> regex); default: the demo's, for demo runs")
-    p.add_argument("--noise-draws", type=int, default=DEFAULT_NOISE_DRAWS,
+    p.add_argument("--noise-draws", type=number_in(int, 1, MAX_DRAWS), default=DEFAULT_NOISE_DRAWS,
                    help=f"noise draws averaged per term of the likelihood bound (default {DEFAULT_NOISE_DRAWS}; "
                         f"more: smaller error bars, slower)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     add_model_args(p)
     return p
 

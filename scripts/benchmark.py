@@ -3,9 +3,9 @@
     python scripts/benchmark.py [--device auto|cpu|cuda] [--presets small,medium,large] [--rows N] [--full] [--out MD]
 
 Everything is timed through the functions training uses (load_rows, Vocab, DeviceData,
-epoch_permutation, Trainer.train_step, sample_tokens, score), on a synthetic CSV of N unique rows: random
-peptides with lengths uniform over 4-20, 4,000 of them label 1 over 800 targets. Prints a Markdown
-table (BENCHMARKS.md explains it) and writes it to --out.
+epoch_permutation, Trainer.train_step and on a GPU CudaGraphStep, sample_tokens, score), on a synthetic
+CSV of N unique rows: random peptides with lengths uniform over 4-20, 4,000 of them label 1 over 800
+targets. Prints a Markdown table (BENCHMARKS.md explains it) and writes it to --out.
 """
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mimir_core import (DEFAULT_SCORE_DRAWS, DEVICES, MAX_LEN, MIN_LEN, PRESETS, RESIDUES, DeviceData,  # noqa: E402
-                        Rows, Run, Trainer, Vocab, amp_dtype, count_params, epoch_permutation, load_rows, log,
-                        device_arg, make_config, new_run, pick_device, sample_tokens, score)
+from mimir_core import (DEFAULT_SCORE_DRAWS, DEVICES, MAX_LEN, MIN_LEN, PRESETS, RESIDUES,  # noqa: E402
+                        CudaGraphStep, DeviceData, Rows, Run, Trainer, Vocab, amp_dtype, count_params, device_arg,
+                        epoch_permutation, load_rows, log, make_config, new_run, pick_device, sample_tokens, score)
 
 BENCH_BATCH = 256
 # A straightforward implementation (per-sample Dataset + DataLoader, nn.MultiheadAttention, a padded
@@ -87,15 +87,17 @@ def _flop_counter():
 SYNC_EVENTS = ("aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize")
 
 
-def profile_step(trainer, idx) -> dict:
-    """Operators, GPU kernels and host syncs in one train_step (torch.profiler). A sync is a read of a
-    tensor's value by the host (.item(), bool(), .tolist(), nonzero...). The CPU's fused AdamW reads its
-    step counters, which live in host memory there, inside its kernel: those are counted apart."""
+def profile_step(trainer, idx, step=None) -> dict:
+    """Operators, GPU kernels, their summed time and host syncs in one train_step (torch.profiler), or in
+    step() when given (the graph step). A sync is a read of a tensor's value by the host (.item(), bool(),
+    .tolist(), nonzero...). The CPU's fused AdamW reads its step counters, which live in host memory there,
+    inside its kernel: those are counted apart."""
     from torch.profiler import ProfilerActivity, profile, record_function
     cuda = trainer.device.type == "cuda"
+    step = step or (lambda: trainer.train_step(*trainer.train_data.batch(idx)))
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         with record_function("mimir_train_step"):
-            trainer.train_step(*trainer.train_data.batch(idx))
+            step()
         _drain(trainer.device)
 
     def ancestors(e):
@@ -111,9 +113,10 @@ def profile_step(trainer, idx) -> dict:
         if e not in counters:
             op = next((n for n in ancestors(e.cpu_parent) if n.startswith("aten::")), e.name)
             sources[op] = sources.get(op, 0) + 1
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     return {"ops": sum(e.name.startswith("aten::") for e in inside), "syncs": len(syncs) - len(counters),
-            "sync_sources": sources, "optimizer_counter_reads": len(counters),
-            "kernels": sum(e.device_type == torch.autograd.DeviceType.CUDA for e in prof.events())}
+            "sync_sources": sources, "optimizer_counter_reads": len(counters), "kernels": len(kernels),
+            "kernel_s": sum(e.time_range.elapsed_us() for e in kernels) / 1e6}
 
 
 def bench_preset(name: str, rows: Rows, device, steps: int, warmup: int) -> dict:
@@ -153,6 +156,14 @@ def bench_preset(name: str, rows: Rows, device, steps: int, warmup: int) -> dict
         out = {"params": count_params(trainer.model), "setup_s": setup, "step_s": float(np.median(times)),
                "padded_step_s": float(np.median(padded_times)), "plain_step_s": float(np.median(plain_times)),
                "flops": flops[None], "padded_flops": flops[False], **profile_step(trainer, next(batches))}
+        if device.type == "cuda":                       # the same step replayed as one CUDA graph
+            graph = CudaGraphStep(trainer)
+            graph_step = lambda: graph(next(batches))
+            for _ in range(graph.warmup + 1 + warmup):  # its eager warm-up, the capture, warm replays
+                graph_step()
+            out["graph_step_s"] = float(np.median([_timed(graph_step, trainer.device) for _ in range(steps)]))
+            out["graph"] = profile_step(trainer, None, step=graph_step)
+            del graph, graph_step
         del trainer, step
     out["peak_bytes"] = peak_memory(device)
     return out
@@ -216,6 +227,20 @@ def _secs(s: float) -> str:
     return f"{s:.2f} s" if s < 120 else (f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h")
 
 
+def _graph_rows(name: str, p: dict) -> list:
+    """The step replayed as one CUDA graph beside the eager one, and each step's GPU kernel time beside its
+    wall time: kernel time over wall time near 1 means the GPU is busy, far below 1 that it waits on launches."""
+    def busy(kernel_s, wall_s):
+        return f"{_secs(kernel_s)} of {_secs(wall_s)} ({kernel_s / wall_s:.0%})"
+    g = p["graph"]
+    return [(f"{name}: the same step as one CUDA graph", _secs(p["graph_step_s"]), "",
+             f"{p['step_s'] / p['graph_step_s']:.2f}x faster than the eager step"),
+            (f"{name}: GPU kernel time per step (eager; graph)", f"{busy(p['kernel_s'], p['step_s'])}; "
+             f"{busy(g['kernel_s'], p['graph_step_s'])}", "", ""),
+            (f"{name}: operators per graph step", f"{g['ops']:,} ({g['kernels']:,} GPU kernels, {g['syncs']} syncs)",
+             "", "")]
+
+
 def format_benchmark(r: dict) -> str:
     """The measurements as a Markdown table (measure | this machine | reference | speed-up), then the
     FLOP-based lower bound of an epoch on a T4 and an A100: arithmetic, not measurement."""
@@ -258,6 +283,7 @@ def format_benchmark(r: dict) -> str:
                   f"({100 * p['flops'] / p['step_s'] / ceiling:.0f}% of the matmul ceiling)", "", ""),
                  (f"{name}: operators per step", f"{p['ops']:,}" + (f" ({p['kernels']:,} GPU kernels)" if gpu else ""),
                   "", ""),
+                 *(_graph_rows(name, p) if "graph_step_s" in p else []),
                  (f"{name}: host syncs per step", syncs, "", ""),
                  (f"{name}: peak memory", _si(p["peak_bytes"], "B") + ("" if gpu else " (process peak so far)"), "", "")]
     if "small" in r["presets"]:

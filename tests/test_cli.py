@@ -46,7 +46,7 @@ def test_train_then_generate_end_to_end(fixture_csv, tmp_path):
 
 def test_user_errors_exit_2_with_a_message(fixture_csv, tmp_path):
     proc = cli("generate", "--run-name", "nope", "--checkpoint-dir", tmp_path, check=False)
-    assert proc.returncode == 2 and "checkpoint not found" in proc.stderr
+    assert proc.returncode == 2 and f"there is no run named 'nope' in {tmp_path}" in proc.stderr
     bad = tmp_path / "bad.csv"
     bad.write_text("label,target,sequence\n1,,ACDEFG\n")
     proc = cli("train", "--preset", "tiny", "--data", bad, "--checkpoint-dir", tmp_path, check=False)

@@ -145,6 +145,44 @@ def mutate(text: str, rng: random.Random) -> tuple[bytes, str]:
     return data, suffix
 
 
+def mutate_sources(text: str, rng: random.Random) -> str:
+    """Empty, blank, share or swap the `source` of some rows of a file with a source column."""
+    lines = text.split("\n")
+    body = [i for i in range(1, len(lines)) if lines[i].count(",") == 3]
+    op, shared = rng.randrange(4), rng.choice(["protA", "protD", "one", "protein33"])   # protein33: held out at 5%
+    for i in rng.sample(body, rng.randint(1, len(body))):
+        cells = lines[i].split(",")
+        if op == 1 and cells[0] != "1":                  # the issue's file: only interacting rows lack a source
+            continue
+        cells[3] = {0: "", 1: "", 2: " ", 3: shared}[op]
+        lines[i] = ",".join(cells)
+    return "\n".join(lines)
+
+
+def assert_split_trains_every_label(rows: mc.Rows, val_fraction: float) -> bool:
+    """The split keeps rows of one source on one side and makes each row without a source a group of its
+    own (as if its sequence named it); split_for_training refuses, naming the file and the label, exactly
+    when a label of the file is left without training rows. Returns whether it refused."""
+    train_idx, val_idx = mc.split_indices(rows, val_fraction)
+    held = np.zeros(len(rows.sequences), dtype=bool)
+    held[val_idx] = True
+    sources = rows.sources if rows.sources is not None else [""] * len(held)
+    for source in set(sources) - {""}:
+        assert len({held[i] for i, s in enumerate(sources) if s == source}) == 1, source
+    named = mc.Rows(rows.path, rows.labels, rows.targets, rows.sequences,
+                    [s or seq for s, seq in zip(sources, rows.sequences)], rows.lines)
+    assert np.array_equal(val_idx, mc.split_indices(named, val_fraction)[1])
+    untrained = set(rows.labels.tolist()) - set(rows.labels[train_idx].tolist())
+    try:
+        mc.split_for_training(rows, val_fraction, quiet=True)
+    except mc.DataError as e:
+        refused = re.search(r"takes all \d+ label-(\d) rows and leaves none to train on", str(e))
+        assert refused and str(e).startswith(rows.path) and int(refused[1]) in untrained, str(e)
+        return True
+    assert not untrained
+    return False
+
+
 def assert_meets_contract(rows: mc.Rows):
     n = len(rows.sequences)
     assert n > 0 and len(rows.labels) == len(rows.targets) == len(rows.lines) == n
@@ -163,13 +201,18 @@ def assert_meets_contract(rows: mc.Rows):
 
 def test_fuzzed_csvs_load_valid_rows_or_fail_with_a_clear_error(tmp_path):
     """2,000 seeded mutations of a valid file: load_rows gives rows that meet the contract or a DataError
-    naming the file; verify-data exits 0 or 1, never crashes, and passes only what load_rows accepts."""
+    naming the file; verify-data exits 0 or 1, never crashes, and passes only what load_rows accepts. Half the
+    files with a source column have sources emptied or shared first; the split of the rows that load keeps
+    every label in training or refuses clearly."""
     rng = random.Random(20240613)
-    loaded, outcomes = 0, {0: 0, 1: 0}
+    loaded, outcomes, refused = 0, {0: 0, 1: 0}, 0
     for case in range(2000):
         header = "label,target,sequence,source" if case % 3 else "label,target,sequence"
         base = BASE_ROWS if case % 3 else [r.rsplit(",", 1)[0] for r in BASE_ROWS]
         data, suffix = "\n".join([header] + base) + "\n", ".csv"
+        source_rng = random.Random(f"sources {case}")    # its own stream: the mutations below stay as they were
+        if case % 3 and source_rng.random() < 0.5:
+            data = mutate_sources(data, source_rng)
         for _ in range(rng.choice([1, 1, 2, 3])):
             data, suffix = mutate(data if isinstance(data, str) else data.decode("utf-8", "replace"), rng)
         path = tmp_path / f"case{case}{suffix}"
@@ -181,6 +224,7 @@ def test_fuzzed_csvs_load_valid_rows_or_fail_with_a_clear_error(tmp_path):
             assert str(path) in str(e), (case, str(e))
         else:
             assert_meets_contract(rows)
+            refused += assert_split_trains_every_label(rows, source_rng.choice([0.05, 0.3, 0.7]))
             loaded += 1
         code, out, err = run_main("verify-data", path)
         assert code in (0, 1), (case, code, out, err)
@@ -188,8 +232,10 @@ def test_fuzzed_csvs_load_valid_rows_or_fail_with_a_clear_error(tmp_path):
         assert rows is not None or code == 1, (case, out)
         outcomes[code] += 1
         path.unlink()
-    print(f"\n2000 mutated files: {loaded} loaded; verify-data exit 0: {outcomes[0]}, exit 1: {outcomes[1]}")
+    print(f"\n2000 mutated files: {loaded} loaded ({refused} of them refused by the split); verify-data exit 0: "
+          f"{outcomes[0]}, exit 1: {outcomes[1]}")
     assert loaded > 50 and outcomes[0] > 0        # the fuzz also reaches files that hold
+    assert 0 < refused < loaded                     # and splits that train every label, and splits that cannot
 
 
 def test_verify_data_reports_a_single_long_peptide_instead_of_crashing(tmp_path):
@@ -219,6 +265,9 @@ def test_verify_data_on_files_it_cannot_read(tmp_path):
 # at a chosen point of a chosen step. Test code only: mimir_core runs unmodified underneath.
 FAULTY_TRAIN = '''
 import os, signal, sys, time
+# Ctrl-C as an interactive shell delivers it: a process started in the background from a script inherits
+# SIGINT ignored, and train rightly leaves an ignored SIGINT alone (the signals below would do nothing).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {root!r})
 import mimir_core as mc
 
@@ -304,7 +353,16 @@ def test_sigint_and_sigkill_mid_step_then_resume_give_the_uninterrupted_weights(
             == (run / "history_steps.csv").read_text())
 
 
-def test_a_second_ctrl_c_stops_at_once_without_saving(fixture_csv, tmp_path, monkeypatch):
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own Ctrl-C handler for the test, whatever this process inherited (pytest started in the
+    background from a script gets SIGINT ignored); the inherited handler comes back afterwards."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving(fixture_csv, tmp_path, monkeypatch, python_ctrl_c):
     """The first Ctrl-C waits for the step to end; a second one during that step stops it where it is,
     and the half-done step is not saved."""
     trainer = mc.Trainer(tiny(fixture_csv, epochs=2), tmp_path / "run")

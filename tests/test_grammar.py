@@ -13,8 +13,8 @@ def test_rotary_scores_depend_on_the_offset_between_residues_only():
     q, k = torch.randn(1, 2, mc.MAX_LEN, 8, generator=g), torch.randn(1, 2, mc.MAX_LEN, 8, generator=g)
     q[:, :, :] = q[:, :, :1]                            # the same query and key vector at every position
     k[:, :, :] = k[:, :, :1]
-    turn = mc.rotary_angles(torch.arange(mc.MAX_LEN), 8)                          # (L, 4)
-    scores = mc.rotate(q, turn) @ mc.rotate(k, turn).transpose(-1, -2)             # (1, 2, L, L)
+    cos, sin = mc.rotary_table(8)                                                  # (L, 4) each
+    scores = mc.rotate(q, cos, sin) @ mc.rotate(k, cos, sin).transpose(-1, -2)     # (1, 2, L, L)
     for offset in (0, 1, 3, 7):
         diagonal = torch.diagonal(scores, offset=offset, dim1=-2, dim2=-1)
         assert torch.allclose(diagonal, diagonal[..., :1].expand_as(diagonal), atol=1e-4)

@@ -150,7 +150,7 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
 def test_mixed_precision_covers_the_model_forward_and_not_the_loss_math(fixture_csv, tmp_path, monkeypatch):
     """The CUDA path's autocast, exercised on the CPU with bf16: the model runs in low precision, the
     posteriors and losses in fp32, and the step still trains."""
-    monkeypatch.setattr(mc, "amp_dtype", lambda device: torch.bfloat16)
+    monkeypatch.setattr(mc, "amp_dtype", lambda device, precision="auto": torch.bfloat16)
     trainer = mc.Trainer(tiny(fixture_csv, max_steps=5, device="cpu"), tmp_path / "run")
     seen = {}
     model_forward, loss_math = mc.X0Transformer.forward, mc.D3PM.ce_and_vb
