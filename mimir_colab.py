@@ -1,19 +1,56 @@
 """What only the Colab notebook needs: where its data and runs live, uploads, run names, the download.
 
-Map: data_path (demo / upload / Google Drive) with keep_upload; checkpoint_dir; run_name_for; plot_lengths
-(the data cell's figure); zip_run (the last cell's download). It imports mimir_core; the engine imports
+Map: runtime_info (the runtime check); data_path (demo / upload / Google Drive) with keep_upload;
+run_name_for; plot_lengths (the data cell's figure); sample_table (the samples cell); zip_run (the last
+cell's download). It imports mimir_core; the engine imports
 nothing of it. Messages here speak the notebook's words (its Settings form), never command-line flags.
 """
 from __future__ import annotations
 
+import os
 import re
+import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from mimir_core import (MAX_LEN, MIN_LEN, DataError, Rows, atomic_write, file_checksum, label_length_counts,
-                        pyplot)
+from mimir_core import (DEFAULT_GUIDANCE, MAX_LEN, MIN_LEN, DataError, Rows, Run, amp_dtype, atomic_write,
+                        file_checksum, generate, label_length_counts, pick_device, pyplot)
+
+
+def runtime_info(device: str = "auto", precision: str = "auto") -> str:
+    """One paragraph on where training will run: GPU name and memory, precision, or a CPU warning."""
+    dev = pick_device(device)
+    lines = [f"torch {torch.__version__}, python {sys.version.split()[0]}"]
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        named = {torch.bfloat16: "bf16 mixed precision", torch.float16: "fp16 mixed precision + gradient scaler",
+                 None: "fp32"}
+        lines.append(f"GPU: {props.name}, {props.total_memory / 2**30:.1f} GiB, compute capability "
+                     f"{props.major}.{props.minor} -> {named[amp_dtype(dev, precision)]}, fused AdamW, TF32 matmuls")
+    else:
+        lines.append(f"No GPU: training runs on the CPU ({os.cpu_count()} cores) in fp32. Fine for the demo and "
+                     f"the tiny preset; for small/medium/large pick a GPU (Colab: Runtime > Change runtime type "
+                     f"> T4 GPU, or A100 on Colab Pro).")
+    return "\n".join(lines)
+
+
+def sample_table(run: Run, target: str | None = None, n: int = 10, min_length: int = MIN_LEN,
+                 max_length: int = MAX_LEN, guidance: float = DEFAULT_GUIDANCE, seed: int = 0) -> str:
+    """n peptides for each condition side by side: interacting with any target, interacting with
+    `target` (when given), background."""
+    conditions = {"interacting, any target": dict(label=1)}
+    if target:
+        conditions[f"interacting with {target}"] = dict(target=target)
+    conditions["background"] = dict(label=0)
+    columns = {title: generate(run, n=n, min_length=min_length, max_length=max_length, guidance=guidance,
+                               seed=seed + i, **condition) for i, (title, condition) in enumerate(conditions.items())}
+    widths = [max(MAX_LEN, len(title)) for title in columns]
+    lines = ["  ".join(title.ljust(w) for title, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(p.ljust(w) for p, w in zip(row, widths)) for row in zip(*columns.values())]
+    return "\n".join(lines)
 
 
 def keep_upload(uploaded: dict, folder) -> Path:

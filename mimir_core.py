@@ -297,23 +297,6 @@ def full_precision(device: torch.device):
         torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
-def runtime_info(device: str = "auto", precision: str = "auto") -> str:
-    """One paragraph on where training will run: GPU name and memory, precision, or a CPU warning."""
-    dev = pick_device(device)
-    lines = [f"torch {torch.__version__}, python {sys.version.split()[0]}"]
-    if dev.type == "cuda":
-        props = torch.cuda.get_device_properties(dev)
-        named = {torch.bfloat16: "bf16 mixed precision", torch.float16: "fp16 mixed precision + gradient scaler",
-                 None: "fp32"}
-        lines.append(f"GPU: {props.name}, {props.total_memory / 2**30:.1f} GiB, compute capability "
-                     f"{props.major}.{props.minor} -> {named[amp_dtype(dev, precision)]}, fused AdamW, TF32 matmuls")
-    else:
-        lines.append(f"No GPU: training runs on the CPU ({os.cpu_count()} cores) in fp32. Fine for the demo and "
-                     f"the tiny preset; for small/medium/large pick a GPU (Colab: Runtime > Change runtime type "
-                     f"> T4 GPU, or A100 on Colab Pro).")
-    return "\n".join(lines)
-
-
 def pyplot():
     """pyplot without a display where there is none (CLI, CI); notebooks keep their inline backend."""
     import matplotlib
@@ -2195,22 +2178,6 @@ def generate_variants(run, parent: str, n: int = 100, **options) -> list:
 def fill_template(run, template: str, n: int = 100, **options) -> list:
     """template_batches' peptides as one list (its options: label, target, seed, guidance, ...)."""
     return [p for batch in template_batches(run, template, n, **options) for p in batch]
-
-
-def sample_table(run: Run, target: str | None = None, n: int = 10, min_length: int = MIN_LEN,
-                 max_length: int = MAX_LEN, guidance: float = DEFAULT_GUIDANCE, seed: int = 0) -> str:
-    """n peptides for each condition side by side: interacting with any target, interacting with
-    `target` (when given), background."""
-    conditions = {"interacting, any target": dict(label=1)}
-    if target:
-        conditions[f"interacting with {target}"] = dict(target=target)
-    conditions["background"] = dict(label=0)
-    columns = {title: generate(run, n=n, min_length=min_length, max_length=max_length, guidance=guidance,
-                               seed=seed + i, **condition) for i, (title, condition) in enumerate(conditions.items())}
-    widths = [max(MAX_LEN, len(title)) for title in columns]
-    lines = ["  ".join(title.ljust(w) for title, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(p.ljust(w) for p, w in zip(row, widths)) for row in zip(*columns.values())]
-    return "\n".join(lines)
 
 
 # =============================================================================================

@@ -158,7 +158,7 @@ mc.INTERFACE = "notebook"      # messages name this form's settings, not command
 # `ALLOW_CPU` is ticked. Switch with *Runtime > Change runtime type*.
 
 # %%
-print(mc.runtime_info())
+print(colab.runtime_info())
 mc.require_gpu(PRESET, allow_cpu=ALLOW_CPU)
 
 # %% [markdown]
@@ -225,7 +225,7 @@ MAX_LENGTH = 12  # @param {type:"integer"}
 GUIDANCE = 0.0  # @param {type:"number"}
 
 model = mc.load_run(run_dir)
-print(mc.sample_table(model, target=TARGET or model.vocab.targets[0], n=10, min_length=MIN_LENGTH,
+print(colab.sample_table(model, target=TARGET or model.vocab.targets[0], n=10, min_length=MIN_LENGTH,
                       max_length=MAX_LENGTH, guidance=GUIDANCE))
 
 # %% [markdown]

@@ -20,15 +20,7 @@ from test_faults import run_main as run_core
 
 def run_main(command, *argv):
     """A command of mimir_core, or the evaluation (mimir_eval.py), in this process: (exit code, stdout, stderr)."""
-    if command != "evaluate":
-        return run_core(command, *argv)
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            ev.main([str(a) for a in argv])
-        except SystemExit as e:
-            code = e.code or 0
-    return code, out.getvalue(), err.getvalue()
+    return run_core(*argv, main=ev.main) if command == "evaluate" else run_core(command, *argv)
 
 
 def held_out_names(count: int, val_fraction: float = 0.05) -> list:

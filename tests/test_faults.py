@@ -28,12 +28,13 @@ def tiny(data, **kw):
     return mc.make_config("tiny", data=str(data), **{"label1_repeat": 1, **kw})
 
 
-def run_main(*argv) -> tuple[int, str, str]:
-    """mimir_core.main in this process: (exit code, stdout, stderr). Anything but SystemExit escapes."""
+def run_main(*argv, main=None) -> tuple[int, str, str]:
+    """mimir_core.main (or another command's `main`) in this process: (exit code, stdout, stderr). Anything but
+    SystemExit escapes."""
     out, err, code = io.StringIO(), io.StringIO(), 0
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            mc.main([str(a) for a in argv])
+            (main or mc.main)([str(a) for a in argv])
         except SystemExit as e:
             code = e.code or 0
     return code, out.getvalue(), err.getvalue()

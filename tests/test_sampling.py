@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+import mimir_colab as colab
 import mimir_core as mc
 
 
@@ -73,10 +74,10 @@ def test_bad_requests_get_clear_errors(run):
 
 
 def test_sample_table_shows_each_condition_side_by_side(run):
-    table = mc.sample_table(run, target="P11111", n=5, min_length=8, max_length=12, guidance=0.0).splitlines()
+    table = colab.sample_table(run, target="P11111", n=5, min_length=8, max_length=12, guidance=0.0).splitlines()
     assert table[0].split("  ")[0].strip() == "interacting, any target" and "interacting with P11111" in table[0]
     assert len(table) == 2 + 5
     for line in table[2:]:
         peptides = line.split()
         assert len(peptides) == 3 and all(8 <= len(p) <= 12 and set(p) <= set(mc.RESIDUES) for p in peptides)
-    assert len(mc.sample_table(run, n=3).splitlines()[2].split()) == 2     # no target: two columns
+    assert len(colab.sample_table(run, n=3).splitlines()[2].split()) == 2     # no target: two columns
