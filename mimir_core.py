@@ -1233,6 +1233,43 @@ def check_same_data(run_dir, rows: Rows, vocab: Vocab, data_sha256: str) -> None
                         f"{rows.path} holds other data (sha256 {data_sha256[:12] or 'unknown'}). {another}")
 
 
+class CheckpointFiles:
+    """A run's last.pt and best.pt, written atomically by rank 0 (the only rank that writes files); it knows
+    which step the last good state on disk holds, for the errors that stop a run."""
+
+    def __init__(self, run_dir: Path, writes: bool, saved_step: int):
+        self.run_dir, self.writes, self.saved_step = run_dir, writes, saved_step
+
+    def save(self, ckpt: dict, best: bool = False):
+        """last.pt (and best.pt). A disk that refuses stops the run with a DiskError saying which step the
+        checkpoints on disk still hold."""
+        if not self.writes:
+            return
+        try:
+            atomic_write(self.run_dir / "last.pt", lambda f: torch.save(ckpt, f))
+            self.saved_step = ckpt["step"]
+            if best:
+                atomic_write(self.run_dir / "best.pt", lambda f: torch.save(ckpt, f))
+        except DiskError as e:
+            raise DiskError(f"{e}. Training stopped at step {ckpt['step']}; {self.kept_state()}. Free some disk "
+                            f"space or choose a writable checkpoint directory, then resume the run.") from e
+
+    def kept_state(self) -> str:
+        """Where the last good state is."""
+        if not (self.run_dir / "last.pt").exists():
+            return "no checkpoint was saved yet"
+        return f"{self.run_dir}/last.pt keeps the last good state (step {self.saved_step})"
+
+
+def start_run_folder(run_dir: Path, cfg: Config, vocab: Vocab, stats: dict, new: bool):
+    """config.json (a resumed run's too: its current settings); for a new run vocab.json and data_stats.json."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", asdict(cfg))
+    if new:
+        write_json(run_dir / "vocab.json", {"letters": vocab.letters, "targets": vocab.targets})
+        write_json(run_dir / "data_stats.json", stats)
+
+
 def plot_convergence(run_dir, out: str | None = None):
     """convergence.png: training ce / vb / loss per step (smoothed) and held-out per epoch, with the
     ln K line (the ce of a uniform guess). Returns the figure."""
@@ -1677,16 +1714,19 @@ class Trainer:
         self.forward = self.parallel_model()
         self.graph_step = CudaGraphStep.for_trainer(self)    # None: the eager step (train_step)
         self.step, self.epoch, self.best_val, self.history, self.mid_step = 0, 0, float("inf"), [], False
+        self.checkpoints = CheckpointFiles(self.run_dir, self.is_main, ckpt["step"] if ckpt else 0)
         self.steps = StepLog(self.run_dir / "history_steps.csv" if self.is_main else None, self.device, cfg.log_every,
                              self.world, lambda step: cfg.lr * lr_at(step - 1, cfg, self.total_steps),
-                             MAX_FP16_SKIPS_IN_A_ROW if self.scaler.is_enabled() else 0, self.kept_state)
+                             MAX_FP16_SKIPS_IN_A_ROW if self.scaler.is_enabled() else 0, self.checkpoints.kept_state)
         if ckpt:
             self.restore(ckpt)
         else:
             torch.manual_seed(cfg.seed)                 # the same stream on every rank: they share the noise
-        self.saved_step = self.step                     # the step last.pt holds (when it exists)
         if self.is_main:
-            self.write_run_files(new=ckpt is None)
+            start_run_folder(self.run_dir, cfg, self.vocab, self.stats, new=ckpt is None)
+            self.say_what_is_odd()
+            if ckpt is None:
+                self.steps.start()
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -1719,13 +1759,7 @@ class Trainer:
             forward = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
         return torch.compile(forward) if self.cfg.compile else forward
 
-    def write_run_files(self, new: bool):
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.run_dir / "config.json", asdict(self.cfg))      # a resumed run's too: its current settings
-        if new:
-            write_json(self.run_dir / "vocab.json", {"letters": self.vocab.letters, "targets": self.vocab.targets})
-            write_json(self.run_dir / "data_stats.json", self.stats)
-            self.steps.start()
+    def say_what_is_odd(self):
         if self.device.type != "cuda" and self.cfg.precision not in ("auto", "fp32"):
             log(f"note: precision {self.cfg.precision} applies on a GPU; on the {self.device.type} training runs in fp32")
         if self.total_steps < self.cfg.warmup:
@@ -1768,25 +1802,7 @@ class Trainer:
                 "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
 
     def save(self, best: bool = False):
-        """last.pt (and best.pt), each written atomically. A disk that refuses stops the run with a
-        DiskError saying which step the checkpoints on disk still hold."""
-        if not self.is_main:
-            return
-        ckpt = self.checkpoint()
-        try:
-            atomic_write(self.run_dir / "last.pt", lambda f: torch.save(ckpt, f))
-            self.saved_step = self.step
-            if best:
-                atomic_write(self.run_dir / "best.pt", lambda f: torch.save(ckpt, f))
-        except DiskError as e:
-            raise DiskError(f"{e}. Training stopped at step {self.step}; {self.kept_state()}. Free some disk "
-                            f"space or choose a writable checkpoint directory, then resume the run.") from e
-
-    def kept_state(self) -> str:
-        """Where the last good state is, for an error that stops the run."""
-        if not (self.run_dir / "last.pt").exists():
-            return "no checkpoint was saved yet"
-        return f"{self.run_dir}/last.pt keeps the last good state (step {self.saved_step})"
+        self.checkpoints.save(self.checkpoint() if self.is_main else {}, best)
 
     # -- the step and the loop ---------------------------------------------------------------
 
@@ -1900,7 +1916,7 @@ class Trainer:
             log(f"\ninterrupted: saved {self.run_dir}/last.pt at step {self.step}; to continue, {control('resume')}")
         else:
             log(f"\ninterrupted {f'during step {self.step + 1}' if self.mid_step else 'at once'}: nothing saved; "
-                f"{self.kept_state()}")
+                f"{self.checkpoints.kept_state()}")
 
     def agree(self, flag: bool) -> bool:
         """Rank 0's decision, on every rank (clocks differ; collective calls must not)."""
