@@ -1570,12 +1570,12 @@ class CudaGraphStep:
     def _on_side_stream(self, fn):
         if self.stream is None:
             return fn()
-        main = torch.cuda.current_stream(self.trainer.device)
-        self.stream.wait_stream(main)
+        current = torch.cuda.current_stream(self.trainer.device)
+        self.stream.wait_stream(current)
         with torch.cuda.stream(self.stream):
             out = fn()
-        main.wait_stream(self.stream)
-        out.record_stream(main)                         # read on the main stream; allocated on this one
+        current.wait_stream(self.stream)
+        out.record_stream(current)                         # read on the main stream; allocated on this one
         return out
 
 
@@ -2427,9 +2427,9 @@ def write_batches(batches, n: int, parent: str | None = None):
         with tqdm(total=n, unit=" peptides", file=sys.stderr, disable=n <= GENERATE_BATCH) as bar:
             while batch:
                 if parent:
-                    scores = [identity(p, parent) for p in batch]
-                    identities += sum(scores)
-                    batch = [f"{p}\t{score:.3f}" for p, score in zip(batch, scores)]
+                    shared = [identity(p, parent) for p in batch]
+                    identities += sum(shared)
+                    batch = [f"{p}\t{same:.3f}" for p, same in zip(batch, shared)]
                 sys.stdout.write("".join(line + "\n" for line in batch))
                 sys.stdout.flush()
                 bar.update(len(batch))

@@ -170,3 +170,20 @@ def test_mixed_precision_covers_the_model_forward_and_not_the_loss_math(fixture_
     assert seen["model"] == (True, torch.bfloat16) and seen["loss"] == (False, torch.float32)
     assert values.dtype == torch.float32 and torch.isfinite(values).all()
     assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_a_resumed_run_keeps_its_settings_says_which_it_left_and_records_the_new_length(fixture_csv, tmp_path, capsys):
+    """resumed_config, the one place a saved config meets the settings given: only how long and where a run
+    trains may change; config.json then holds the settings the run goes on with."""
+    run = tmp_path / "run"
+    mc.train(tiny(fixture_csv, max_steps=5, lr=1e-3), run, progress=False)
+    saved = mc.saved_config(run)
+    cfg = mc.resumed_config(run, saved, None, {"max_steps": 12, "lr": 0.5, "dim": None, "data": None})
+    assert (cfg.max_steps, cfg.lr, cfg.preset, cfg.data) == (12, 1e-3, "tiny", saved["data"])
+    assert "note: a resumed run keeps its own settings; lr left as the run has them" in capsys.readouterr().err
+    with pytest.raises(mc.DataError, match="holds a tiny run, which cannot continue as small"):
+        mc.resumed_config(run, saved, "small", {})
+    with pytest.raises(mc.DataError, match="setting max_steps = -1 is out of range"):
+        mc.resumed_config(run, saved, None, {"max_steps": -1})
+    mc.train(cfg, run, resume=True, progress=False)
+    assert mc.saved_config(run)["max_steps"] == 12 and mc.load_checkpoint(run / "last.pt")["step"] == 12
