@@ -95,26 +95,50 @@ def auroc_wins(pos, neg) -> np.ndarray:
     diff = np.asarray(pos, dtype=float)[:, None] - np.asarray(neg, dtype=float)[None, :]
     return (diff > 0) + 0.5 * (diff == 0)
 
-def paired_auroc(scores: dict, n_pos: int, n_boot: int = 1000, seed: int = 0) -> dict:
-    """AUROC of several scorers on the same rows: scores maps a scorer's name to its scores of the n_pos
-    positives followed by the negatives. Each AUROC comes with a 95% bootstrap interval, and so does
-    each scorer's difference from the first one; positives and negatives are resampled apart, with the
-    same resamples for every scorer, so the differences (first minus the others) are paired."""
+def auroc_bootstrap(scores: dict, n_pos: int, n_boot: int = 1000, seed: int = 0) -> tuple[dict, dict, int]:
+    """AUROC of several scorers on the same rows (scores maps a scorer's name to its scores of the n_pos
+    positives followed by the negatives), and n_boot bootstrap AUROCs of each: positives and negatives
+    resampled apart, with the same resamples for every scorer, so differences between scorers are paired.
+    Returns (AUROCs, bootstrap AUROCs (n_boot,) each, the number of negatives)."""
     rng = np.random.default_rng(seed)
     wins = {k: auroc_wins(v[:n_pos], v[n_pos:]) for k, v in scores.items()}
     n_neg = next(iter(wins.values())).shape[1]
     w_pos = rng.multinomial(n_pos, np.full(n_pos, 1 / n_pos), size=n_boot)
     w_neg = rng.multinomial(n_neg, np.full(n_neg, 1 / n_neg), size=n_boot)
-    boot = {k: ((w_pos @ m) * w_neg).sum(1) / (n_pos * n_neg) for k, m in wins.items()}     # (n_boot,) AUROCs
+    boot = {k: ((w_pos @ m) * w_neg).sum(1) / (n_pos * n_neg) for k, m in wins.items()}
+    return {k: float(m.mean()) for k, m in wins.items()}, boot, n_neg
+
+
+def auroc_summary(auroc: dict, boot: dict, n_pos: int, n_neg: int) -> dict:
+    """Each scorer's AUROC with its 95% bootstrap interval, and the first scorer's difference from each other
+    one with the interval of the paired bootstrap differences."""
     interval = lambda x: [float(v) for v in np.percentile(x, [2.5, 97.5])]
-    first = next(iter(scores))
+    first = next(iter(auroc))
     out = {"positives": n_pos, "negatives": n_neg, "difference": {}}
-    for k, m in wins.items():
-        out[k] = {"auroc": float(m.mean()), "interval": interval(boot[k])}
+    for k in auroc:
+        out[k] = {"auroc": auroc[k], "interval": interval(boot[k])}
         if k != first:
-            out["difference"][k] = {"value": float(wins[first].mean() - m.mean()),
-                                    "interval": interval(boot[first] - boot[k])}
+            out["difference"][k] = {"value": auroc[first] - auroc[k], "interval": interval(boot[first] - boot[k])}
     return out
+
+
+def paired_auroc(scores: dict, n_pos: int, n_boot: int = 1000, seed: int = 0) -> dict:
+    """auroc_summary of scorers on the same rows (see auroc_bootstrap)."""
+    auroc, boot, n_neg = auroc_bootstrap(scores, n_pos, n_boot, seed)
+    return auroc_summary(auroc, boot, n_pos, n_neg)
+
+
+def weighted_auroc(parts: list) -> dict:
+    """auroc_summary of AUROCs averaged over targets, each weighted by its positives: parts holds each
+    target's (positives, negatives, AUROCs, bootstrap AUROCs). The targets' resamples are independent, so
+    the weighted mean of their bootstrap AUROCs is a bootstrap of the weighted AUROC (paired over scorers)."""
+    weights = np.array([n_pos for n_pos, _, _, _ in parts], dtype=float)
+    weights /= weights.sum()
+    mean = lambda values: sum(w * v for w, v in zip(weights, values))
+    auroc = {k: float(mean([a[k] for _, _, a, _ in parts])) for k in parts[0][2]}
+    boot = {k: mean([b[k] for _, _, _, b in parts]) for k in parts[0][2]}
+    return auroc_summary(auroc, boot, sum(p[0] for p in parts), sum(p[1] for p in parts))
+
 
 # =============================================================================================
 # Peptide figures: composition, lengths, order, properties
@@ -323,6 +347,158 @@ def composition_log_odds(target_seqs: list, background_seqs: list, letters: str)
         return counts / counts.sum()
     return dict(zip(letters, np.log2(freqs(target_seqs) / freqs(background_seqs)).tolist()))
 
+# --- nearest neighbour: a peptide's best local alignment to a target's training peptides ----------
+#
+# Why this similarity: peptides of one receptor are often variants of each other (point substitutions, a
+# few residues more or less at either end, a shared core motif). A local alignment scores the shared core
+# and ignores overhangs; BLOSUM62 credits conservative substitutions (I/L/V, D/E, K/R) that exact k-mer or
+# Hamming matching would count as misses. Gaps are affine, open -10 / extend -1 (BLAST's default is 11/1):
+# in 4-20 residue peptides a gap is rare and costly, so alignments are mostly ungapped runs, as variants of
+# one binder are. All of it is numpy, vectorized over (query, reference) pairs: peptides are at most 20
+# residues, so the dynamic programme is at most 20 x 20 array steps whatever the number of pairs.
+
+GAP_OPEN = -10          # the first residue of a gap costs GAP_OPEN, each further one GAP_EXTEND
+GAP_EXTEND = -1
+
+BLOSUM62_ORDER = "ARNDCQEGHILKMFPSTWYVBZX"
+BLOSUM62_ROWS = """
+ 4 -1 -2 -2  0 -1 -1  0 -2 -1 -1 -1 -1 -2 -1  1  0 -3 -2  0 -2 -1  0
+-1  5  0 -2 -3  1  0 -2  0 -3 -2  2 -1 -3 -2 -1 -1 -3 -2 -3 -1  0 -1
+-2  0  6  1 -3  0  0  0  1 -3 -3  0 -2 -3 -2  1  0 -4 -2 -3  3  0 -1
+-2 -2  1  6 -3  0  2 -1 -1 -3 -4 -1 -3 -3 -1  0 -1 -4 -3 -3  4  1 -1
+ 0 -3 -3 -3  9 -3 -4 -3 -3 -1 -1 -3 -1 -2 -3 -1 -1 -2 -2 -1 -3 -3 -2
+-1  1  0  0 -3  5  2 -2  0 -3 -2  1  0 -3 -1  0 -1 -2 -1 -2  0  3 -1
+-1  0  0  2 -4  2  5 -2  0 -3 -3  1 -2 -3 -1  0 -1 -3 -2 -2  1  4 -1
+ 0 -2  0 -1 -3 -2 -2  6 -2 -4 -4 -2 -3 -3 -2  0 -2 -2 -3 -3 -1 -2 -1
+-2  0  1 -1 -3  0  0 -2  8 -3 -3 -1 -2 -1 -2 -1 -2 -2  2 -3  0  0 -1
+-1 -3 -3 -3 -1 -3 -3 -4 -3  4  2 -3  1  0 -3 -2 -1 -3 -1  3 -3 -3 -1
+-1 -2 -3 -4 -1 -2 -3 -4 -3  2  4 -2  2  0 -3 -2 -1 -2 -1  1 -4 -3 -1
+-1  2  0 -1 -3  1  1 -2 -1 -3 -2  5 -1 -3 -1  0 -1 -3 -2 -2  0  1 -1
+-1 -1 -2 -3 -1  0 -2 -3 -2  1  2 -1  5  0 -2 -1 -1 -1 -1  1 -3 -1 -1
+-2 -3 -3 -3 -2 -3 -3 -3 -1  0  0 -3  0  6 -4 -2 -2  1  3 -1 -3 -3 -1
+-1 -2 -2 -1 -3 -1 -1 -2 -2 -3 -3 -1 -2 -4  7 -1 -1 -4 -3 -2 -2 -1 -2
+ 1 -1  1  0 -1  0  0  0 -1 -2 -2  0 -1 -2 -1  4  1 -3 -2 -2  0  0  0
+ 0 -1  0 -1 -1 -1 -1 -2 -2 -1 -1 -1 -1 -2 -1  1  5 -2 -2  0 -1 -1  0
+-3 -3 -4 -4 -2 -2 -3 -2 -2 -3 -2 -3 -1  1 -4 -3 -2 11  2 -3 -4 -3 -2
+-2 -2 -2 -3 -2 -1 -2 -3  2 -1 -1 -2 -1  3 -3 -2 -2  2  7 -1 -3 -2 -1
+ 0 -3 -3 -3 -1 -2 -2 -3 -3  3  1 -2  1 -1 -2 -2  0 -3 -1  4 -3 -2 -1
+-2 -1  3  4 -3  0  1 -1  0 -3 -4  0 -3 -3 -2  0 -1 -4 -3 -3  4  1 -1
+-1  0  0  1 -3  3  4 -2  0 -3 -3  1 -1 -3 -1  0 -1 -3 -2 -2  1  4 -1
+ 0 -1 -1 -1 -2 -1 -1 -1 -1 -1 -1 -1 -1 -1 -2  0  0 -2 -1 -1 -1 -1 -1
+"""
+ALIGN_PAD = len(BLOSUM62_ORDER)               # the index of padding (and of any unknown letter)
+ALIGN_NEG = -10_000                           # a PAD pairing: no local alignment crosses it
+
+BLOSUM62 = np.full((ALIGN_PAD + 1, ALIGN_PAD + 1), ALIGN_NEG, dtype=np.int32)
+BLOSUM62[:ALIGN_PAD, :ALIGN_PAD] = np.array(BLOSUM62_ROWS.split(), dtype=np.int32).reshape(ALIGN_PAD, ALIGN_PAD)
+BLOSUM62_INDEX = np.full(128, BLOSUM62_ORDER.index("X"), dtype=np.int64)   # U, O, J, ...: scored as X
+for _i, _c in enumerate(BLOSUM62_ORDER):
+    BLOSUM62_INDEX[ord(_c)] = _i
+
+
+def blosum62(a: str, b: str) -> int:
+    """The BLOSUM62 score of two residue letters (any non-standard letter scores as X)."""
+    return int(BLOSUM62[BLOSUM62_INDEX[ord(a.upper())], BLOSUM62_INDEX[ord(b.upper())]])
+
+
+def blosum62_indices(seqs) -> np.ndarray:
+    """(N, max length) BLOSUM62 indices, padded with the PAD index."""
+    width = max([len(s) for s in seqs] + [1])
+    out = np.full((len(seqs), width), ALIGN_PAD, dtype=np.int64)
+    for i, s in enumerate(seqs):
+        if s:
+            out[i, :len(s)] = BLOSUM62_INDEX[np.frombuffer(s.upper().encode("ascii"), dtype=np.uint8)]
+    return out
+
+
+def align_pairs(a, b, gap_open: int = GAP_OPEN, gap_extend: int = GAP_EXTEND,
+                with_identities: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Smith-Waterman (Gotoh affine gaps) of the pairs (a[k], b[k]), all at once. Returns the best local
+    alignment score of each pair (P,) and, with_identities, the number of identical aligned residues in
+    that alignment (P,; among equal-scoring alignments the one the recursion keeps: diagonal first,
+    then a gap in b, then in a), else None."""
+    A, B = blosum62_indices(list(a)), blosum62_indices(list(b))
+    P, n, m = len(A), A.shape[1], B.shape[1]
+    S = BLOSUM62[A.T[:, None, :], B.T[None, :, :]]              # (n, m, P) substitution scores
+    same = ((A.T[:, None, :] == B.T[None, :, :]) & (A.T[:, None, :] != ALIGN_PAD)).astype(np.int32)
+    zero = np.zeros(P, dtype=np.int32)
+    neg = np.full(P, -10**8, dtype=np.int32)
+    H_prev, I_prev = [zero] * (m + 1), [zero] * (m + 1)    # row i-1: best score, identities on its path
+    E_prev, EI_prev = [neg] * (m + 1), [zero] * (m + 1)    # row i-1: ending in a gap in b (vertical)
+    best, best_id = zero.copy(), zero.copy()
+    for i in range(n):
+        H_row, I_row, E_row, EI_row = [zero], [zero], [neg], [zero]
+        F, FI = neg, zero                                   # ending in a gap in a (horizontal), this row
+        for j in range(1, m + 1):
+            open_e, ext_e = H_prev[j] + gap_open, E_prev[j] + gap_extend     # vertical gap: open or extend
+            E = np.maximum(open_e, ext_e)
+            open_f, ext_f = H_row[j - 1] + gap_open, F + gap_extend          # horizontal gap, this row
+            F = np.maximum(open_f, ext_f)
+            diag = H_prev[j - 1] + S[i, j - 1]
+            H = np.maximum(np.maximum(diag, 0), np.maximum(E, F))
+            H_row.append(H)
+            E_row.append(E)
+            if not with_identities:
+                np.maximum(best, H, out=best)
+            else:
+                EI = np.where(open_e >= ext_e, I_prev[j], EI_prev[j])
+                FI = np.where(open_f >= ext_f, I_row[j - 1], FI)
+                I = np.where(H <= 0, 0, np.where(H == diag, I_prev[j - 1] + same[i, j - 1],
+                                                 np.where(H == E, EI, FI)))
+                I_row.append(I)
+                EI_row.append(EI)
+                better = H > best
+                best, best_id = np.where(better, H, best), np.where(better, I, best_id)
+        H_prev, I_prev, E_prev, EI_prev = H_row, I_row, E_row, EI_row
+    return best, (best_id if with_identities else None)
+
+
+def local_alignment_scores(queries, references, chunk: int = 50_000, with_identities: bool = False):
+    """(Q, R) best BLOSUM62 local alignment score of every query against every reference (affine gaps
+    GAP_OPEN / GAP_EXTEND). With with_identities, also (Q, R) identical aligned residues."""
+    queries, references = list(queries), list(references)
+    Q, R = len(queries), len(references)
+    scores = np.zeros((Q, R), dtype=np.int64)
+    ids = np.zeros((Q, R), dtype=np.int64)
+    if Q == 0 or R == 0:
+        return (scores, ids) if with_identities else scores
+    qi, ri = np.divmod(np.arange(Q * R), R)
+    for start in range(0, Q * R, chunk):
+        q, r = qi[start:start + chunk], ri[start:start + chunk]
+        s, k = align_pairs([queries[x] for x in q], [references[x] for x in r], with_identities=with_identities)
+        scores[q, r] = s
+        if with_identities:
+            ids[q, r] = k
+    return (scores, ids) if with_identities else scores
+
+
+def self_scores(seqs) -> np.ndarray:
+    """Each peptide's alignment score with itself (N,): the sum of its diagonal BLOSUM62 entries."""
+    idx = blosum62_indices(list(seqs))
+    return np.where(idx != ALIGN_PAD, BLOSUM62[idx, idx], 0).sum(1)
+
+
+def nearest_neighbour_scores(queries, references, normalize: bool = False) -> np.ndarray:
+    """(Q,) each query's best alignment score against any reference; with normalize, the best of
+    score / sqrt(self-score of query * self-score of reference), in [0, 1] (1: identical)."""
+    s = local_alignment_scores(queries, references).astype(float)
+    if normalize:
+        s = s / np.sqrt(np.outer(self_scores(queries), self_scores(references)).clip(min=1))
+    return s.max(1) if s.shape[1] else np.zeros(len(s))
+
+
+def best_identity(queries, references) -> np.ndarray:
+    """(Q,) each query's identity to its nearest reference: the identical aligned residues of the best
+    local alignment divided by the query's length, maximised over references (1: the query occurs
+    verbatim inside a reference). A sample under 0.8 to every training peptide counts as novel."""
+    queries = list(queries)
+    if not references:
+        return np.zeros(len(queries))
+    _, ids = local_alignment_scores(queries, references, with_identities=True)
+    lengths = np.array([max(len(q), 1) for q in queries], dtype=float)
+    return ids.max(1) / lengths
+
+
 # =============================================================================================
 # Reports: likelihood, samples, motifs, scores
 # =============================================================================================
@@ -500,12 +676,68 @@ def sampling_report(run: Run, val: Rows, train_rows: Rows | None, n_samples: int
         data = training_sets if all(len(training_sets[l]) > 1 for l in (0, 1)) else reference
         report["conditioning"]["property_gaps"] = {**property_gaps(samples, data),
                                                    "data": "training" if data is training_sets else "held-out"}
-    report["conditioning"]["motifs"] = motif_report(run, samples.get(0), train_rows, comps, n_samples, n_per_target,
+    on_target = TargetSamples(run, n_per_target, seed, guidance)
+    report["conditioning"]["motifs"] = motif_report(run, samples.get(0), train_rows, comps, n_samples, on_target,
                                                     seed, guidance, motifs)
+    report["conditioning"]["nearest"] = nearness_report(val, train_rows, on_target, seed)
     return report
 
-def motif_report(run: Run, background, train_rows: Rows | None, comps: dict, n_samples: int, n_per_target: int,
-                 seed: int, guidance: float, motifs=None) -> dict:
+
+class TargetSamples(dict):
+    """Each target's samples (label 1, the target, n_per_target of them), made when first asked for: the
+    motif and nearness reports share them."""
+
+    def __init__(self, run: Run, n_per_target: int, seed: int, guidance: float):
+        super().__init__()
+        self.run, self.n, self.seed, self.guidance = run, n_per_target, seed, guidance
+
+    def __missing__(self, target: str) -> list:
+        self[target] = generate(self.run, n=self.n, label=1, target=target, seed=self.seed, guidance=self.guidance)
+        return self[target]
+
+
+def pooled_sample(sets: dict, keys: list, n: int, rng) -> list:
+    """n peptides drawn without replacement from the lists sets[k], k in keys, pooled."""
+    pool = [s for k in keys for s in sets[k]]
+    return [pool[i] for i in rng.permutation(len(pool))[:n]]
+
+
+NOVEL_IDENTITY = 0.8            # a sample under this identity to every training peptide of its target is novel
+
+
+def nearness_report(val: Rows, train_rows: Rows | None, on_target: TargetSamples, seed: int = 0,
+                    min_peptides: int = 3, max_targets: int = 20) -> dict:
+    """Per target with at least min_peptides held-out peptides (the max_targets with most): how far its samples
+    are from what it was trained on (each sample's best alignment identity to the target's training
+    peptides; novel: under NOVEL_IDENTITY), and whether they sit nearer the target's held-out peptides than
+    other targets' samples do (each sample's best BLOSUM62 local-alignment score to those peptides, the
+    target's samples minus as many of the other targets' samples, with its SE), beside the same gap for the
+    training peptides ('data': the target's against the other targets'), what a model that learned each
+    target's peptides would approach."""
+    held, trained = {}, {}
+    for rows, into in ((val, held), (train_rows, trained)):
+        for label, target, seq in zip(rows.labels.tolist(), rows.targets, rows.sequences) if rows else ():
+            if label == 1:
+                into.setdefault(target, []).append(seq)
+    eligible = sorted((t for t, seqs in held.items() if len(seqs) >= min_peptides and t in trained
+                       and t in on_target.run.vocab.targets), key=lambda t: (-len(held[t]), t))[:max_targets]
+    if len(eligible) < 2:
+        return {}
+    rng, out = np.random.default_rng(seed), {}
+    for target in eligible:
+        samples, training = on_target[target], trained[target]
+        identities = best_identity(samples, training)
+        near = lambda peptides: nearest_neighbour_scores(peptides, held[target])
+        rest = [t for t in eligible if t != target]
+        gap = mean_gap(near(samples), near(pooled_sample(on_target, rest, len(samples), rng)))
+        data_gap = mean_gap(near(training), near(pooled_sample(trained, rest, len(training), rng)))
+        out[target] = {"n": len(samples), "held_out": len(held[target]), "median_identity": float(np.median(identities)),
+                       "novel": float((identities < NOVEL_IDENTITY).mean()), "copies": float((identities == 1).mean()),
+                       "nearer": gap[0], "nearer_se": gap[1], "data_nearer": data_gap[0], "data_nearer_se": data_gap[1]}
+    return out
+
+def motif_report(run: Run, background, train_rows: Rows | None, comps: dict, n_samples: int,
+                 on_target: TargetSamples, seed: int, guidance: float, motifs=None) -> dict:
     """Per motif target: the motif's rate in the target's samples, in a random baseline matched to the
     target (its training composition and lengths: what composition alone buys), in background samples;
     enrichment over background; order enrichment (motif_order); specificity, the motif's rate in its
@@ -517,14 +749,14 @@ def motif_report(run: Run, background, train_rows: Rows | None, comps: dict, n_s
         return {}
     if background is None:
         background = generate(run, n=n_samples, label=0, seed=seed, guidance=guidance)
-    on_target = {t: generate(run, n=n_per_target, label=1, target=t, seed=seed, guidance=guidance) for t in motifs}
+    on_target = {t: on_target[t] for t in motifs}
     training = {t: [s for s, x in zip(train_rows.sequences, train_rows.targets) if x == t] if train_rows else []
                 for t in motifs}
     others = lambda sets, target: [s for t, seqs in sets.items() if t != target for s in seqs]
     out = {}
     for target, pattern in motifs.items():
         samples = on_target[target]
-        matched = random_peptides(n_per_target, standard_composition(condition_composition(comps, 1, target)),
+        matched = random_peptides(len(samples), standard_composition(condition_composition(comps, 1, target)),
                                   length_probs(run, 1, target, MIN_LEN, MAX_LEN), seed)
         hits, bg_hits = motif_hits(pattern, samples).sum(), motif_hits(pattern, background).sum()
         enrichment = rate_ratio(hits, len(samples), bg_hits, len(background))
@@ -556,16 +788,22 @@ def motif_report(run: Run, background, train_rows: Rows | None, comps: dict, n_s
                        "training_specificity": data_specificity[0], "training_specificity_se": data_specificity[1]}
     return out
 
+SCORE_SHUFFLES = 5              # shuffles of each held-out peptide, a set of negatives that only order tells apart
+
+
 def score_auroc_report(run: Run, val: Rows, train_rows: Rows | None, seed: int = 0, max_rows: int = 200,
                        draws: int = DEFAULT_SCORE_DRAWS, min_positives: int = 3, max_targets: int = 20) -> dict:
     """Is score() worth anything? Per target with at least min_positives held-out label-1 rows (the
     max_targets with most): the AUROC of score(target) for its held-out peptides against held-out
-    background peptides, and against other targets' held-out peptides, beside a composition-only scorer
-    (log-odds of the target's training composition vs background's) on the same rows. At most max_rows
-    rows per set, drawn with the seed."""
+    background peptides, against other targets' held-out peptides, and against the peptides themselves
+    with their residues shuffled (SCORE_SHUFFLES each), beside two baselines on the same rows: composition
+    (log-odds of the target's training composition vs background's) and nearest neighbour (the best
+    BLOSUM62 local alignment to the target's training peptides, what a biologist would try first). Then
+    each set's AUROCs averaged over the targets, weighted by their positives ("weighted"), with paired
+    bootstrap intervals. At most max_rows rows per set, drawn with the seed."""
     if train_rows is None:
-        return {"note": "no training rows to build the composition scorer from"}
-    rng = np.random.default_rng(seed)
+        return {"note": "no training rows to build the composition and nearest-neighbour scorers from"}
+    rng, shuffle_rng = np.random.default_rng(seed), np.random.default_rng([seed, SCORE_SHUFFLES])
     pick = lambda seqs: [seqs[i] for i in sorted(rng.permutation(len(seqs))[:max_rows])]
     held_out = {}
     for label, target, seq in zip(val.labels.tolist(), val.targets, val.sequences):
@@ -576,29 +814,47 @@ def score_auroc_report(run: Run, val: Rows, train_rows: Rows | None, seed: int =
         train_by_target.setdefault(target, []).append(seq)
     eligible = sorted((t for t, seqs in held_out.items() if len(seqs) >= min_positives and t in train_by_target
                        and t in run.vocab.targets), key=lambda t: (-len(held_out[t]), t))
-    report = {"targets": {}, "skipped_targets": len(held_out) - min(len(eligible), max_targets),
-              "min_positives": min_positives, "max_targets": max_targets, "max_rows": max_rows, "draws": draws}
+    report = {"targets": {}, "weighted": {}, "skipped_targets": len(held_out) - min(len(eligible), max_targets),
+              "min_positives": min_positives, "max_targets": max_targets, "max_rows": max_rows, "draws": draws,
+              "shuffles": SCORE_SHUFFLES}
     if not background or not eligible:
         return report
-    background_bits = {}
+    scorers, parts = TargetScorers(run, train_by_target, draws, seed), {}
     for target in eligible[:max_targets]:
         positives = pick(held_out[target])
         known = set(held_out[target]) | set(train_by_target[target])      # a peptide may bind several targets
         others = pick([s for t, seqs in held_out.items() if t != target for s in seqs if s not in known])
-        log_odds = composition_log_odds(train_by_target[target], train_by_target.get("", []), run.vocab.letters)
+        shuffles = [s for s in shuffle_residues(positives * SCORE_SHUFFLES, shuffle_rng) if s not in known]
         report["targets"][target] = {}
-        for name, negatives in (("background", background), ("other_targets", others)):
-            if not negatives:
-                continue
-            rows = positives + negatives
-            fresh = sorted(set(rows) - set(background_bits))
-            if fresh:
-                background_bits.update(zip(fresh, condition_bits(run, fresh, 0, UNKNOWN_TARGET, draws, seed)))
-            cond = condition_bits(run, rows, 1, run.vocab.target_id(target), draws, seed)
-            scores = {"model": np.array([background_bits[s] for s in rows]) - cond,
-                      "composition": np.array([sum(log_odds[c] for c in s) for s in rows])}
-            report["targets"][target][name] = paired_auroc(scores, len(positives), seed=seed)
+        for name, negatives in (("background", background), ("other_targets", others), ("shuffles", shuffles)):
+            if negatives:
+                auroc, boot, n_neg = auroc_bootstrap(scorers(target, positives + negatives), len(positives), seed=seed)
+                report["targets"][target][name] = auroc_summary(auroc, boot, len(positives), n_neg)
+                parts.setdefault(name, []).append((len(positives), n_neg, auroc, boot))
+    report["weighted"] = {name: weighted_auroc(p) for name, p in parts.items()}
     return report
+
+
+class TargetScorers:
+    """The three scorers of score_auroc_report for one target's rows: the model's score (background bits,
+    which do not depend on the target, computed once per peptide), composition log-odds and the nearest
+    training peptide's alignment score."""
+
+    def __init__(self, run: Run, train_by_target: dict, draws: int, seed: int):
+        self.run, self.train_by_target, self.draws, self.seed = run, train_by_target, draws, seed
+        self.background_bits = {}
+
+    def __call__(self, target: str, rows: list) -> dict:
+        run, training = self.run, self.train_by_target[target]
+        fresh = sorted(set(rows) - set(self.background_bits))
+        if fresh:
+            self.background_bits.update(zip(fresh, condition_bits(run, fresh, 0, UNKNOWN_TARGET, self.draws, self.seed)))
+        cond = condition_bits(run, rows, 1, run.vocab.target_id(target), self.draws, self.seed)
+        log_odds = composition_log_odds(training, self.train_by_target.get("", []), run.vocab.letters)
+        return {"model": np.array([self.background_bits[s] for s in rows]) - cond,
+                "composition": np.array([sum(log_odds[c] for c in s) for s in rows]),
+                "nearest": nearest_neighbour_scores(rows, training)}
+
 
 def evaluate(run_dir, data=None, n_samples: int = 1000, n_per_target: int = 200, seed: int = 0,
              guidance: float = DEFAULT_GUIDANCE, motifs=None, max_rows: int = 5000,
@@ -665,11 +921,11 @@ def number(value, digits: int = 2) -> str:
 @dataclass(frozen=True)
 class Metric:
     """A headline figure: its name (a table's column) and how to read it, as text, from a report: an
-    evaluation report, or one guidance value's sampling report. `likelihood`: it comes from the held-out
-    likelihood, which a guidance sweep does not recompute (guidance changes samples only)."""
+    evaluation report, or one guidance value's sampling report. `in_sweep`: False for the figures a guidance
+    sweep does not recompute, since guidance changes samples only (the likelihood, the score's AUROC)."""
     name: str
     read: Callable[[dict], str]
-    likelihood: bool = False
+    in_sweep: bool = True
 
 
 def _label1_likelihood(report: dict) -> dict | None:
@@ -692,6 +948,17 @@ def _targets_using_order(report: dict) -> str:
     return f"{used}/{len(targets)}" if targets else "-"
 
 
+def _nearness(report: dict, read) -> str:
+    """A figure over the targets of the nearness report, '-' when it has none."""
+    nearest = report["conditioning"].get("nearest")
+    return read(list(nearest.values())) if nearest else "-"
+
+
+def _weighted_auroc(report: dict, negatives: str, scorer: str) -> str:
+    r = report.get("score_auroc", {}).get("weighted", {}).get(negatives)
+    return number(r[scorer]["auroc"], 3) if r else "-"
+
+
 def _gap_ratio(report: dict, name: str) -> str:
     return number(report["conditioning"].get("property_gaps", {}).get(name, {}).get("ratio"))
 
@@ -708,11 +975,11 @@ def _kmer_gain(report: dict) -> str:
 METRICS = [
     Metric("label-1 bound, bits/res", lambda r: plus_minus(_label1_likelihood(r)["bits_per_residue"],
                                                            _label1_likelihood(r)["bits_per_residue_se"])
-           if _label1_likelihood(r) else "-", likelihood=True),
+           if _label1_likelihood(r) else "-", in_sweep=False),
     Metric("order bits, label 1", lambda r: plus_minus(_label1_likelihood(r)["order_bits"]["difference"],
                                                        _label1_likelihood(r)["order_bits"]["se"], signed=True)
-           if _label1_likelihood(r) else "-", likelihood=True),
-    Metric("targets whose order bits > 2 SE", _targets_using_order, likelihood=True),
+           if _label1_likelihood(r) else "-", in_sweep=False),
+    Metric("targets whose order bits > 2 SE", _targets_using_order, in_sweep=False),
     Metric("label-1 valid", _sample_figure("validity")),
     Metric("unique", _sample_figure("uniqueness")),
     Metric("novel", _sample_figure("novelty")),
@@ -730,6 +997,13 @@ METRICS = [
     Metric("targets in order (rate > shuffled by 2 SE)", lambda r: _motifs(r, lambda t: f"{t['in_order']}/{t['targets']}")),
     Metric("target samples unique", lambda r: _motifs(r, lambda t: number(t["uniqueness"], 3))),
     Metric("target samples novel", lambda r: _motifs(r, lambda t: number(t["novelty"], 3))),
+    Metric("targets whose samples are nearer their held-out peptides (2 SE)", lambda r: _nearness(
+        r, lambda ts: f"{sum(verdict(-t['nearer'], t['nearer_se'], 'y', 'n') == 'y' for t in ts)}/{len(ts)}")),
+    Metric(f"target samples under {NOVEL_IDENTITY:.0%} identity to its training peptides (median)",
+           lambda r: _nearness(r, lambda ts: number(float(np.median([t["novel"] for t in ts]))))),
+    *(Metric(f"score AUROC vs {negatives.replace('_', ' ')}: {scorer} (weighted)",
+             lambda r, n=negatives, k=scorer: _weighted_auroc(r, n, k), in_sweep=False)
+      for negatives in ("background", "other_targets", "shuffles") for scorer in ("model", "composition", "nearest")),
     Metric("charge gap / data's", lambda r: _gap_ratio(r, "net charge")),
     Metric("hydropathy gap / data's", lambda r: _gap_ratio(r, "hydropathy")),
 ]
@@ -737,8 +1011,8 @@ METRICS = [
 
 def metrics_table(first: tuple, rows: list, sweep: bool = False) -> str:
     """A Markdown table of METRICS, one row per report: `first` names the leading columns and each row is
-    (its leading cells, its report). A guidance sweep (`sweep`) leaves the likelihood metrics out."""
-    metrics = [m for m in METRICS if not (sweep and m.likelihood)]
+    (its leading cells, its report). A guidance sweep (`sweep`) shows only the metrics it recomputes."""
+    metrics = [m for m in METRICS if m.in_sweep or not sweep]
     out = ["| " + " | ".join([*first, *(m.name for m in metrics)]) + " |", "|---" * (len(first) + len(metrics)) + "|"]
     out += ["| " + " | ".join([*cells, *(m.read(report) for m in metrics)]) + " |" for cells, report in rows]
     return "\n".join(out)
@@ -756,32 +1030,42 @@ def format_summary(report: dict) -> str:
 
 
 def format_guidance_sweep(reports: list) -> str:
-    """One row per guidance value of guidance_sweep's reports: METRICS (but the likelihood's)."""
+    """One row per guidance value of guidance_sweep's reports: the METRICS that guidance can change."""
     return metrics_table(("guidance",), [((f"{r['guidance']:g}",), r) for r in reports], sweep=True)
 
 
 def format_score_auroc(report: dict) -> str:
-    """score_auroc_report as readable text: one row per target and set of negatives."""
+    """score_auroc_report as readable text: one row per target and set of negatives, then the weighted means."""
     out = ["Score ranking: AUROC of a target's score, its held-out peptides against others (0.5: chance; [95% "
-           "bootstrap interval]),", "beside a composition-only scorer (log-odds of the target's training composition "
-           "vs background's) on the same rows:"]
+           "bootstrap interval]), beside", "a composition-only scorer (log-odds of the target's training "
+           "composition vs background's) and a nearest-neighbour one (best BLOSUM62", "local alignment to the "
+           f"target's training peptides) on the same rows; 'shuffles': each held-out peptide shuffled "
+           f"{report.get('shuffles', SCORE_SHUFFLES)} times:"]
     if not report.get("targets"):
         return "\n".join(out + [f"  nothing to score: {report.get('note', 'no target with enough held-out rows')}"])
-    out.append(f"  {'target':16}{'against':15}{'pos':>5}{'neg':>5}  {'model':21}{'composition':21}model - composition")
-    ci = lambda x: f"[{x[0]:.2f}, {x[1]:.2f}]"
-    for target, sets in report["targets"].items():
-        for name, r in sets.items():
-            m, c, d = r["model"], r["composition"], r["difference"]["composition"]
-            call = ("model better" if d["interval"][0] > 0 else
-                    "model worse" if d["interval"][1] < 0 else "no difference shown")
-            out.append(f"  {target:16}{name.replace('_', ' '):15}{r['positives']:5}{r['negatives']:5}  "
-                       f"{m['auroc']:.3f} {ci(m['interval']):15}{c['auroc']:.3f} {ci(c['interval']):15}"
-                       f"{d['value']:+.3f} [{d['interval'][0]:+.2f}, {d['interval'][1]:+.2f}] {call}")
+    out.append(f"  {'target':16}{'against':15}{'pos':>5}{'neg':>6}  {'model':21}{'composition':21}{'nearest':21}"
+               f"{'model - composition':34}model - nearest")
+    rows = [(t, name, r) for t, sets in report["targets"].items() for name, r in sets.items()]
+    rows += [("WEIGHTED", name, r) for name, r in report.get("weighted", {}).items()]
+    for target, name, r in rows:
+        cells = [f"{r[k]['auroc']:.3f} [{r[k]['interval'][0]:.2f}, {r[k]['interval'][1]:.2f}]" for k in
+                 ("model", "composition", "nearest")]
+        out.append(f"  {target:16}{name.replace('_', ' '):15}{r['positives']:5}{r['negatives']:6}  "
+                   + "".join(f"{c:21}" for c in cells)
+                   + "".join(f"{auroc_difference(r['difference'][k]):34}" for k in ("composition", "nearest")))
     if report["skipped_targets"]:
         out.append(f"  ({report['skipped_targets']} more target(s) with held-out rows not shown: fewer than "
                    f"{report['min_positives']} held-out peptides, no training rows, or past the first "
-                   f"{report['max_targets']})")
+                   f"{report['max_targets']}; WEIGHTED: the mean over the targets above, weighted by positives)")
     return "\n".join(out)
+
+
+def auroc_difference(d: dict) -> str:
+    """'+0.012 [-0.03, +0.05] model better' from auroc_summary's difference."""
+    call = ("model better" if d["interval"][0] > 0 else "model worse" if d["interval"][1] < 0 else
+            "no difference shown")
+    return f"{d['value']:+.3f} [{d['interval'][0]:+.2f}, {d['interval'][1]:+.2f}] {call}"
+
 
 def format_report(report: dict) -> str:
     """The evaluation report as readable text: every verdict a difference or ratio with its standard
@@ -868,6 +1152,25 @@ def format_conditioning(cond: dict) -> str:
                                  "samples EXAGGERATE the data's gap"))
     if cond.get("motifs"):
         out += ["", format_motifs(cond["motifs"])]
+    if cond.get("nearest"):
+        out += ["", format_nearness(cond["nearest"])]
+    return "\n".join(out)
+
+
+def format_nearness(nearest: dict) -> str:
+    out = [f"Target samples beside the target's peptides: identity = each sample's best local-alignment identity to "
+           f"the target's training peptides (median; novel: under {NOVEL_IDENTITY:.0%}; copies: found whole in one); "
+           f"nearer = mean best BLOSUM62 alignment score to the target's held-out peptides, its samples minus other "
+           f"targets' samples (± SE; > 0: conditioning on the target brings samples near its binders), 'data': the "
+           f"same for the training peptides",
+           f"  {'target':14}{'held-out':>9}{'identity':>9}{'novel':>7}{'copies':>7}  {'nearer':<18}{'data nearer':<18}"
+           f"verdict"]
+    for target, m in nearest.items():
+        out.append(f"  {target:14}{m['held_out']:9}{m['median_identity']:9.2f}{m['novel']:7.2f}{m['copies']:7.2f}  "
+                   f"{plus_minus(m['nearer'], m['nearer_se'], 2, signed=True):<18}"
+                   f"{plus_minus(m['data_nearer'], m['data_nearer_se'], 2, signed=True):<18}"
+                   + verdict(-m["nearer"], m["nearer_se"], "nearer its own held-out peptides",
+                             "FARTHER from them than other targets' samples"))
     return "\n".join(out)
 
 

@@ -22,7 +22,7 @@ import torch
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, DeadKernelError
 
-import mimir_colab as colab
+import mimir_colab
 import mimir_core as mc
 from conftest import write_fixture
 
@@ -339,8 +339,8 @@ def test_a_run_knows_its_data_and_continues_only_on_them(fixture_csv, tmp_path):
     other = write_fixture(tmp_path / "other.csv", seed=1)      # same targets, other rows
     with pytest.raises(mc.DataError, match=r"trained on .*data\.csv.*holds other data.*another run name \(--run-name\)"):
         mc.train(tiny(other, max_steps=12), run, resume=True, progress=False)
-    assert colab.run_name_for("small", "") == "colab_small_demo"
-    names = {colab.run_name_for("small", str(path)) for path in (fixture_csv, moved, other)}
+    assert mimir_colab.run_name_for("small", "") == "colab_small_demo"
+    names = {mimir_colab.run_name_for("small", str(path)) for path in (fixture_csv, moved, other)}
     assert names == {f"colab_small_data_{mc.file_checksum(fixture_csv)[:8]}", f"colab_small_copy_{mc.file_checksum(moved)[:8]}",
                      f"colab_small_other_{mc.file_checksum(other)[:8]}"}
 
@@ -348,15 +348,15 @@ def test_a_run_knows_its_data_and_continues_only_on_them(fixture_csv, tmp_path):
 def test_an_upload_is_kept_from_its_bytes(tmp_path):
     """Colab saves a second 'data.csv' as 'data (1).csv' but returns it as 'data.csv': the bytes count."""
     folder = tmp_path / "uploads"
-    first = colab.keep_upload({"data.csv": b"label,target,sequence\n"}, folder)
-    second = colab.keep_upload({"data.csv": b"label,target,sequence\n0,,ACDEFG\n"}, folder)
+    first = mimir_colab.keep_upload({"data.csv": b"label,target,sequence\n"}, folder)
+    second = mimir_colab.keep_upload({"data.csv": b"label,target,sequence\n0,,ACDEFG\n"}, folder)
     assert first == second == folder / "data.csv" and second.read_bytes().endswith(b"ACDEFG\n")
-    third = colab.keep_upload({"other.csv.gz": b"x"}, folder)
+    third = mimir_colab.keep_upload({"other.csv.gz": b"x"}, folder)
     assert sorted(folder.iterdir()) == [third]                  # one kept file: the last one given
     with pytest.raises(mc.DataError, match="no file was uploaded"):
-        colab.keep_upload({}, folder)
+        mimir_colab.keep_upload({}, folder)
     with pytest.raises(mc.DataError, match="2 files were uploaded .*upload one CSV file"):
-        colab.keep_upload({"a.csv": b"", "b.csv": b""}, folder)
+        mimir_colab.keep_upload({"a.csv": b"", "b.csv": b""}, folder)
 
 
 def test_warmup_fits_the_runs_length_and_a_short_run_says_so(fixture_csv, tmp_path, capsys):
@@ -449,6 +449,6 @@ def test_model_file_is_small_and_generates_like_the_run(trained_run, tmp_path):
     shutil.copy(model_file, alone)                               # the file on its own, far from its run
     kwargs = dict(n=8, target="P11111", min_length=8, max_length=12, seed=3, device="cpu")
     assert mc.generate(alone, **kwargs) == mc.generate(trained_run, **kwargs)
-    archive = colab.zip_run(trained_run, checkpoints=False)
+    archive = mimir_colab.zip_run(trained_run, checkpoints=False)
     names = zipfile.ZipFile(archive).namelist()
     assert f"{trained_run.name}/model.pt" in names and not any(n.endswith(("last.pt", "best.pt")) for n in names)

@@ -188,20 +188,67 @@ def test_paired_auroc_on_hand_made_scores():
     assert same["a"]["auroc"] == 0.0 and same["difference"]["b"] == {"value": 0.0, "interval": [0.0, 0.0]}
 
 
-def test_evaluate_reports_score_auroc_per_target_beside_composition(trained_run):
+def test_evaluate_reports_score_auroc_per_target_beside_composition_and_nearest_neighbour(trained_run):
     report = ev.evaluate(trained_run, n_samples=50, n_per_target=20)
     auroc = report["score_auroc"]
     assert set(auroc["targets"]) == set(FIXTURE_MOTIFS)
     for target, sets in auroc["targets"].items():
-        assert set(sets) == {"background", "other_targets"}
+        assert set(sets) == {"background", "other_targets", "shuffles"}
         for name, r in sets.items():
-            assert r["positives"] >= auroc["min_positives"] and 0 < r["negatives"] <= auroc["max_rows"]
-            for scorer in ("model", "composition"):
+            assert r["positives"] >= auroc["min_positives"] and 0 < r["negatives"] <= auroc["max_rows"] * 5
+            for scorer in ("model", "composition", "nearest"):
                 lo, hi = r[scorer]["interval"]
                 assert 0 <= lo <= r[scorer]["auroc"] <= hi <= 1
+            assert set(r["difference"]) == {"composition", "nearest"}
         assert sets["background"]["model"]["auroc"] > 0.7, (target, sets)   # the fixture's targets are easy
+        assert abs(sets["shuffles"]["composition"]["auroc"] - 0.5) < 0.1  # a shuffle has its peptide's composition
+        assert sets["shuffles"]["negatives"] == sets["shuffles"]["positives"] * auroc["shuffles"]
+    weighted = auroc["weighted"]["other_targets"]
+    parts = [auroc["targets"][t]["other_targets"] for t in FIXTURE_MOTIFS]
+    assert weighted["positives"] == sum(r["positives"] for r in parts)
+    assert weighted["model"]["auroc"] == pytest.approx(
+        sum(r["positives"] * r["model"]["auroc"] for r in parts) / weighted["positives"])
     text = ev.format_report(report).split("Score ranking")[1]
-    assert all(t in text for t in FIXTURE_MOTIFS) and "composition" in text and "background" in text
+    assert all(t in text for t in FIXTURE_MOTIFS) and "composition" in text and "nearest" in text
+    assert "WEIGHTED        other targets" in text and "model - nearest" in text
+
+
+def test_weighted_auroc_weighs_targets_by_their_positives():
+    a = ev.auroc_bootstrap({"m": np.array([1.0, 0.0]), "c": np.array([0.0, 1.0])}, n_pos=1, n_boot=50)
+    b = ev.auroc_bootstrap({"m": np.array([1.0, 1.0, 1.0, 0.0]), "c": np.array([1.0, 1.0, 1.0, 0.0])}, n_pos=3,
+                           n_boot=50)
+    w = ev.weighted_auroc([(1, a[2], a[0], a[1]), (3, b[2], b[0], b[1])])
+    assert (w["positives"], w["negatives"]) == (4, 2)
+    assert w["m"]["auroc"] == pytest.approx(1.0) and w["c"]["auroc"] == pytest.approx(0.75)
+    assert w["difference"]["c"]["value"] == pytest.approx(0.25) and w["difference"]["c"]["interval"] == [0.25, 0.25]
+
+
+def test_nearness_tells_samples_near_their_targets_peptides_from_samples_near_others():
+    """Two targets whose held-out peptides are variants of their training peptides: samples that copy the
+    target's training peptides sit nearer its held-out peptides than the other target's samples do, and are
+    not novel; samples of random letters are novel and near nothing."""
+    rng = np.random.default_rng(0)
+    variant = lambda core: "".join(c if rng.random() > 0.2 else rng.choice(list(mc.RESIDUES)) for c in core)
+    cores = {"T1": "KLPPWWRKE", "T2": "DEGYTNMSF"}
+    rows = lambda n, label_of: mc.Rows("x", np.ones(2 * n, dtype=np.int64), [t for t in cores for _ in range(n)],
+                                       [variant(cores[t]) + "A" * label_of for t in cores for _ in range(n)], None,
+                                       np.arange(2 * n))
+    train, val = rows(20, 1), rows(5, 0)
+
+    class Samples(dict):
+        run = type("R", (), {"vocab": mc.Vocab(mc.RESIDUES, list(cores))})()
+    copies, noise = Samples(), Samples()
+    for t in cores:
+        copies[t] = [s for s, x in zip(train.sequences, train.targets) if x == t]
+        noise[t] = ["".join(rng.choice(list(mc.RESIDUES), size=10)) for _ in range(20)]
+    near = ev.nearness_report(val, train, copies)
+    assert set(near) == set(cores) and all(m["nearer"] > 2 * m["nearer_se"] for m in near.values())
+    assert all(m["copies"] == 1.0 and m["novel"] == 0.0 for m in near.values())
+    assert all(m["data_nearer"] == pytest.approx(m["nearer"]) for m in near.values())   # they are the data
+    far = ev.nearness_report(val, train, noise)
+    assert all(m["novel"] == 1.0 and abs(m["nearer"]) < 3 * m["nearer_se"] for m in far.values())
+    text = ev.format_nearness(near)
+    assert "T1" in text and "nearer its own held-out peptides" in text
 
 
 # --- variants of a parent, templates -----------------------------------------------------------
