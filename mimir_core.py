@@ -2142,11 +2142,12 @@ def sample_batches(run: Run, n: int, lengths_of, label: int, target: str | None,
 
 def generate_batches(run, n: int = 100, label: int = 1, target: str | None = None, min_length: int = MIN_LEN,
                      max_length: int = MAX_LEN, seed: int = 0, guidance: float = DEFAULT_GUIDANCE,
-                     standard_only: bool = True, batch_size: int = GENERATE_BATCH):
+                     standard_only: bool = True, batch_size: int = GENERATE_BATCH, checkpoint: str = "best",
+                     device: str = "auto"):
     """n peptides for a condition (label 1 or 0; a target implies label 1; no target: any target), their
     lengths drawn from the training lengths within [min_length, max_length], batch by batch as they are
-    made. `run`: a Run or a run folder."""
-    run = as_run(run)
+    made. `run`: a Run, or a run folder or model file (loaded with `checkpoint` on `device`)."""
+    run = as_run(run, checkpoint, device)
     if not MIN_LEN <= min_length <= max_length <= MAX_LEN:
         raise DataError(f"length range {min_length}-{max_length} must lie within {MIN_LEN}-{MAX_LEN}")
     # Lengths are drawn batch by batch from one generator: the same stream, so the same peptides for a seed,
@@ -2158,10 +2159,11 @@ def generate_batches(run, n: int = 100, label: int = 1, target: str | None = Non
 
 def variant_batches(run, parent: str, n: int = 100, strength: float = DEFAULT_STRENGTH, label: int = 1,
                     target: str | None = None, seed: int = 0, guidance: float = DEFAULT_GUIDANCE,
-                    standard_only: bool = True, batch_size: int = GENERATE_BATCH):
+                    standard_only: bool = True, batch_size: int = GENERATE_BATCH, checkpoint: str = "best",
+                    device: str = "auto"):
     """n variants of a peptide, of its length, batch by batch: it is noised to the step that matches
     `strength` (0: the parent itself; 1: pure noise, as plain sampling) and denoised under the condition."""
-    run = as_run(run)
+    run = as_run(run, checkpoint, device)
     if not 0 <= strength <= 1:
         raise DataError(f"strength must lie in [0, 1] (0: the parent unchanged, 1: from pure noise), not {strength}")
     seq = check_seed_peptide(run, parent, "parent", standard_only)
@@ -2170,10 +2172,11 @@ def variant_batches(run, parent: str, n: int = 100, strength: float = DEFAULT_ST
 
 
 def template_batches(run, template: str, n: int = 100, label: int = 1, target: str | None = None, seed: int = 0,
-                     guidance: float = DEFAULT_GUIDANCE, standard_only: bool = True, batch_size: int = GENERATE_BATCH):
+                     guidance: float = DEFAULT_GUIDANCE, standard_only: bool = True, batch_size: int = GENERATE_BATCH,
+                     checkpoint: str = "best", device: str = "auto"):
     """n peptides that keep a template's residue letters at every reverse step and write where it has x
     (e.g. xxPPxYxx), batch by batch; the template sets their length."""
-    run = as_run(run)
+    run = as_run(run, checkpoint, device)
     seq = check_seed_peptide(run, template, "template", standard_only, wildcard="X")
     x0 = torch.from_numpy(run.vocab.encode([seq.replace("X", run.vocab.letters[0])]))  # the letter under X is never seen
     keep = torch.tensor([[c != "X" for c in seq] + [False] * (MAX_LEN - len(seq))])
