@@ -281,8 +281,9 @@ print(mc.format_scores(mc.score(model, filled, score_target), ranked=True))
 
 # %% [markdown]
 # ## 8. Evaluation
-# Is the model better than what amino-acid composition alone gives? Every figure sits beside a baseline
-# matched to its condition, with ± one standard error; a difference within 2 SE reads "not distinguishable".
+# Is the model better than what amino-acid composition, or a lookup of the known peptides, gives? Every figure
+# sits beside a baseline matched to its condition, with ± one standard error; a difference within 2 SE reads
+# "not distinguishable".
 # - **Held-out likelihood** (bits per residue, lower is better): the model's bound on held-out peptides beside
 #   the same peptides under their own condition's training composition (background: the background's;
 #   interacting: their target's). "beats composition" means the model knows more than which residues are common.
@@ -295,6 +296,11 @@ print(mc.format_scores(mc.score(model, filled, score_target), ranked=True))
 #   peptides and in background samples. **Order enrichment** (rate / rate after shuffling each sample) near 1
 #   means the motif's residues are there but not its order; compare it with the training peptides' (`data`).
 #   **Specificity**: rate in the target's samples over the other targets' samples.
+# - **Target samples**: each sample's identity to its target's training peptides (novel: under 80%), and whether
+#   a target's samples sit nearer its held-out peptides than other targets' samples do (`nearer` > 0).
+# - **Score ranking**: the AUROC of the score for each target's held-out peptides against background, other
+#   targets' peptides and the same peptides shuffled, beside composition and the nearest training peptide
+#   (BLOSUM62 alignment), the baseline a biologist would try first; `WEIGHTED` averages the targets.
 # - **Label conditioning**: how far interacting samples differ from background samples in net charge and
 #   hydropathy, beside the training data's gap; "EXAGGERATE" means a caricature of the condition (raising
 #   `GUIDANCE` does that).
