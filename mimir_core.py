@@ -135,7 +135,11 @@ LEGACY_SETTINGS = {"rotary": False, "termini": False, "label1_repeat": 1, "ema_d
 
 
 def config_from_saved(saved: dict) -> Config:
-    """The Config of a saved run (config.json or a checkpoint), older runs included."""
+    """The Config of a saved run (config.json or a checkpoint), older runs included. A setting this version
+    does not know (a run saved by another version) is a DataError naming it."""
+    unknown = sorted(set(saved) - {f.name for f in fields(Config)})
+    if unknown:
+        raise DataError(f"the run was saved with settings this version of Mimir does not know: {', '.join(unknown)}")
     return Config(**{**LEGACY_SETTINGS, **saved})
 
 
@@ -2010,6 +2014,8 @@ def load_run(run_dir, checkpoint: str = "best", device: str = "auto") -> Run:
     try:
         return new_run(config_from_saved(ckpt["config"]), Vocab(ckpt["letters"], ckpt["targets"]), pick_device(device),
                        sampling_weights(ckpt), ckpt.get("stats") or read_data_stats(path.parent), path.parent)
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from e
     except RuntimeError as e:
         raise DataError(f"{path}: weights do not match the config stored with them: {e}") from e
 

@@ -543,3 +543,14 @@ def test_an_unwritable_checkpoint_directory_is_a_clear_error(fixture_csv, tmp_pa
     with pytest.raises(mc.DiskError, match=r"cannot write .*x.pt: Permission denied; x.pt keeps its previous"):
         mc.atomic_write(path, lambda f: f.write(b"new"))
     assert path.read_bytes() == b"old" and not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_checkpoint_from_another_version_names_the_settings_it_does_not_know(fixture_csv, tmp_path):
+    run = tmp_path / "run"
+    mc.train(tiny(fixture_csv, max_steps=3), run, progress=False)
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    ckpt["config"]["retrieval"] = 8
+    torch.save(ckpt, run / "best.pt")
+    code, out, err = run_main("generate", "--run-name", "run", "--checkpoint-dir", tmp_path, "-n", 2)
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert f"{run}/best.pt: the run was saved with settings this version of Mimir does not know: retrieval" in err
