@@ -1044,7 +1044,7 @@ def format_score_auroc(report: dict) -> str:
     if not report.get("targets"):
         return "\n".join(out + [f"  nothing to score: {report.get('note', 'no target with enough held-out rows')}"])
     out.append(f"  {'target':16}{'against':15}{'pos':>5}{'neg':>6}  {'model':21}{'composition':21}{'nearest':21}"
-               f"{'model - composition':34}model - nearest")
+               f"{'model - composition':41}model - nearest")
     rows = [(t, name, r) for t, sets in report["targets"].items() for name, r in sets.items()]
     rows += [("WEIGHTED", name, r) for name, r in report.get("weighted", {}).items()]
     for target, name, r in rows:
@@ -1052,7 +1052,7 @@ def format_score_auroc(report: dict) -> str:
                  ("model", "composition", "nearest")]
         out.append(f"  {target:16}{name.replace('_', ' '):15}{r['positives']:5}{r['negatives']:6}  "
                    + "".join(f"{c:21}" for c in cells)
-                   + "".join(f"{auroc_difference(r['difference'][k]):34}" for k in ("composition", "nearest")))
+                   + "".join(f"{auroc_difference(r['difference'][k]):41}" for k in ("composition", "nearest")).rstrip())
     if report["skipped_targets"]:
         out.append(f"  ({report['skipped_targets']} more target(s) with held-out rows not shown: fewer than "
                    f"{report['min_positives']} held-out peptides, no training rows, or past the first "
