@@ -92,7 +92,7 @@ def sample_report(run: mc.Run, train_rows: mc.Rows, held: dict, n: int, seed: in
                       np.zeros(0, dtype=np.int64))
     near = ev.nearness_report(heldout, train_rows, ev.TargetSamples(run, n, seed, mc.DEFAULT_GUIDANCE), seed,
                               min_peptides=1, max_targets=len(targets))
-    gaps = [m for m in near.values()]
+    gaps = list(near.values())
     return {"per_target": near, "targets": len(near), "novel (median)": float(np.median([m["novel"] for m in gaps])),
             "nearer by 2 SE": sum(m["nearer"] > 2 * m["nearer_se"] for m in gaps),
             "nearer (mean)": float(np.mean([m["nearer"] for m in gaps])),
