@@ -319,6 +319,49 @@ def test_demo_label1_rows_are_motif_windows_of_the_shipped_proteins():
     assert sum(p.stat().st_size for p in DEMO.iterdir()) < 3_000_000
 
 
+# ---------------------------------------------------------------------------------------------
+# The shipped real pairs (data/pepnn)
+# ---------------------------------------------------------------------------------------------
+
+PEPNN = ROOT / "data" / "pepnn"
+PEPNN_FLAGS = ["--human", "data/demo/human.fasta.gz", "--viral", "data/demo/viral.fasta.gz",
+               "--interactions", "data/pepnn/pairs.csv.gz", "--n-human", "15000", "--n-viral", "10000", "--seed", "0"]
+
+
+def test_real_pairs_dataset_rebuilds_byte_for_byte_from_the_shipped_files(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)                        # the flags as rebuild.sh gives them, from the repository root
+    out = tmp_path / "dataset.csv.gz"
+    bd.main([*PEPNN_FLAGS, "--out", str(out)])     # the interactions file is gzipped
+    assert "1761 interacting peptides" in capsys.readouterr().out
+    shipped = (PEPNN / "dataset.csv.gz").read_bytes()
+    assert gzip.decompress(out.read_bytes()) == gzip.decompress(shipped)
+    assert out.read_bytes() == shipped
+    assert " ".join([*PEPNN_FLAGS, "--out", "data/pepnn/dataset.csv.gz"]) in \
+        " ".join((PEPNN / "rebuild.sh").read_text().replace("\\\n", " ").split())
+
+
+def test_real_pairs_dataset_holds_the_shipped_pairs_and_loads():
+    assert mc.REAL_DATA == PEPNN / "dataset.csv.gz"
+    pairs, receptors = read_csv(PEPNN / "pairs.csv.gz"), read_csv(PEPNN / "receptors.csv.gz")
+    assert pairs[0] == ["target", "sequence"] and len(pairs) - 1 == 1761
+    assert receptors[0] == ["target", "example_pdb", "example_chain", "n_peptides"] and len(receptors) - 1 == 573
+    rows = mc.load_rows(mc.REAL_DATA)              # raises on any break of the contract
+    labels = rows.labels.tolist()
+    positives = [(t, s) for label, t, s in zip(labels, rows.targets, rows.sequences) if label == 1]
+    assert positives == [tuple(r) for r in pairs[1:]]
+    assert Counter(t for t, _ in positives) == {t: int(n) for t, _, _, n in receptors[1:]}
+    assert all(re.fullmatch(r"C\d+", t) for t, _ in positives)
+    demo = {bd.accession(h) for f in ("human.fasta.gz", "viral.fasta.gz") for h, _ in bd.read_fasta(DEMO / f)}
+    background = [src for label, src in zip(labels, rows.sources) if label == 0]
+    assert len(background) == 25000 and set(background) <= demo
+    ok, report = mc.verify_data(mc.REAL_DATA)
+    assert ok and "573 targets" in report
+    assert {p.name for p in PEPNN.iterdir()} >= {"README.md", "LICENSE", "rebuild.sh", "pairs.csv.gz",
+                                                  "receptors.csv.gz", "dataset.csv.gz"}
+    assert "MIT License" in (PEPNN / "LICENSE").read_text()
+    assert sum(p.stat().st_size for p in PEPNN.iterdir()) < 500_000
+
+
 # --- verify-data ---------------------------------------------------------------------------------
 
 
