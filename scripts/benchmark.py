@@ -5,7 +5,9 @@
 Everything is timed through the functions training uses (load_rows, Vocab, DeviceData,
 epoch_permutation, Trainer.train_step and on a GPU CudaGraphStep, sample_tokens, score), on a synthetic
 CSV of N unique rows: random peptides with lengths uniform over 4-20, 4,000 of them label 1 over 800
-targets. Prints a Markdown table (BENCHMARKS.md explains it) and writes it to --out.
+targets. The data path, each preset's step and sampling are timed alternately with a straightforward
+implementation of the same work (scripts/reference_impl.py), so every speed-up comes from this run on
+this machine. Prints a Markdown table (BENCHMARKS.md explains it) and writes it to --out.
 """
 from __future__ import annotations
 
@@ -26,13 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mimir_core import (DEFAULT_SCORE_DRAWS, DEVICES, MAX_LEN, MIN_LEN, PRESETS, RESIDUES,  # noqa: E402
                         CudaGraphStep, DeviceData, Rows, Run, Trainer, Vocab, amp_dtype, count_params, device_arg,
                         epoch_permutation, load_rows, log, make_config, new_run, pick_device, sample_tokens, score)
+from reference_impl import (PeptideDataset, ReferenceTrainer, endless_batches, reference_model,  # noqa: E402
+                            reference_sample)
 
 BENCH_BATCH = 256
-# A straightforward implementation (per-sample Dataset + DataLoader, nn.MultiheadAttention, a padded
-# forward pass, .item() every step) on a 2-core CPU with torch 2.13, batch 256, 1,000,000 rows:
-# samples/s of the data path; seconds per training step; seconds to sample 256 peptides (small).
-REFERENCE = {"data_path": 46_000, "step_small": 0.176, "step_medium": 0.700, "step_large": 3.7,
-             "sample_small": 0.57}
+REFERENCE_BATCHES = 100     # the reference data path's batches per timing: about half a second on a CPU
+REFERENCE_NOTE = ("Reference: scripts/reference_impl.py, timed in turns with Mimir in this run: a per-sample "
+                  "Dataset and DataLoader, nn.MultiheadAttention over the padded batch, default AdamW, .item() "
+                  "every step. Its model is Mimir's plain model (learned positions only), so each training "
+                  "step's speed-up sets Mimir's shipped step, with rotary attention and the C-terminal embedding, "
+                  "against a model without them: if anything, it understates Mimir's lead.")
 GUIDED = 2.0            # guided sampling runs the conditional and unconditional model together: twice the rows
 BENCH_STEPS = {"tiny": (3, 20), "small": (3, 10), "medium": (2, 5), "large": (1, 3)}  # (warm-up, timed)
 SCORE_PEPTIDES = 512                        # scored per timing; the table also gives the time for 10,000
@@ -70,6 +75,17 @@ def _timed(fn, device) -> float:
 def _drain(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def interleaved(fns: dict, repeats: int, device) -> dict:
+    """{name: median seconds of fns[name]()}, each timed `repeats` times in turns (A, B, C, then C, B, A, ...):
+    a shared machine's speed drifts from one second to the next, and only figures timed side by side make
+    a ratio that does not carry that drift."""
+    times = {name: [] for name in fns}
+    for i in range(repeats):
+        for name in (list(fns) if i % 2 == 0 else list(fns)[::-1]):
+            times[name].append(_timed(fns[name], device))
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def _flop_counter():
@@ -119,11 +135,33 @@ def profile_step(trainer, idx, step=None) -> dict:
             "kernel_s": sum(e.time_range.elapsed_us() for e in kernels) / 1e6}
 
 
-def bench_preset(name: str, rows: Rows, device, steps: int, warmup: int) -> dict:
-    """A Trainer of preset `name` at batch 256: set-up time, median step time after warm-up (on the CPU
-    also with PAD rows computed, as on a GPU), the step of the plain model (no rotary attention, no
-    C-terminal embedding) alternating with the full one so both see the same machine load, FLOPs of a
-    step as executed and padded, operators and syncs, peak memory."""
+def plain_model_step(trainer, step):
+    """step() with the plain model: learned absolute positions only (no rotary attention, no C-terminal
+    embedding), the model of before the order-aware levers."""
+    model = trainer.model
+    kept = model.rotary, model.cterm_emb
+    model.rotary, model.cterm_emb = False, None
+    try:
+        step()
+    finally:
+        model.rotary, model.cterm_emb = kept
+
+
+def padded_step(trainer, step):
+    """step() computing PAD rows, as a GPU does (see Residues in mimir_core.py)."""
+    trainer.model.pack_residues = False
+    try:
+        step()
+    finally:
+        trainer.model.pack_residues = None
+
+
+def bench_preset(name: str, rows: Rows, device, steps: int, warmup: int, dataset: PeptideDataset) -> dict:
+    """A Trainer of preset `name` at batch 256: set-up time; the median times, after warm-up, of its step,
+    of the same step with the plain model, on the CPU with PAD rows computed, and of the reference's step
+    (scripts/reference_impl.py: the plain model, holding the step's weights less the C-terminal embedding,
+    reading `dataset`), all timed in turns so that they see the same machine load; FLOPs of a step as
+    executed and padded, operators and syncs, peak memory."""
     cfg = make_config(name, device=str(device), batch_size=BENCH_BATCH)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -135,17 +173,17 @@ def bench_preset(name: str, rows: Rows, device, steps: int, warmup: int) -> dict
         perm = epoch_permutation(len(trainer.train_data), cfg.seed, 0, trainer.device)
         batches = (perm[b * BENCH_BATCH:(b + 1) * BENCH_BATCH] for b in itertools.cycle(range(len(perm) // BENCH_BATCH)))
         step = lambda: trainer.train_step(*trainer.train_data.batch(next(batches)))
-        for _ in range(warmup):
+        reference = ReferenceTrainer(cfg, trainer.vocab, dataset, trainer.device, trainer.model.state_dict())
+        for _ in range(warmup):                         # the plain and padded steps share the step's state
             step()
-        times, plain_times = [], []
-        model, cterm_emb = trainer.model, trainer.model.cterm_emb
-        for _ in range(steps):
-            times.append(_timed(step, trainer.device))
-            model.rotary, model.cterm_emb = False, None  # the plain model: absolute positions only
-            plain_times.append(_timed(step, trainer.device))
-            model.rotary, model.cterm_emb = cfg.rotary, cterm_emb
-        trainer.model.pack_residues = False             # the same step computing PAD rows, as a GPU does
-        padded_times = [_timed(step, trainer.device) for _ in range(steps)] if device.type == "cpu" else times
+            reference.step()
+        variants = {"step_s": step, "plain_step_s": lambda: plain_model_step(trainer, step),
+                    "reference_step_s": reference.step}
+        if device.type == "cpu":                        # on a GPU every step computes PAD rows
+            variants["padded_step_s"] = lambda: padded_step(trainer, step)
+        medians = interleaved(variants, steps, trainer.device)
+        medians.setdefault("padded_step_s", medians["step_s"])
+        del reference, variants
         flops = {}
         for packed in (None, False):                    # as executed, then padded (what a GPU computes)
             trainer.model.pack_residues = packed
@@ -153,8 +191,7 @@ def bench_preset(name: str, rows: Rows, device, steps: int, warmup: int) -> dict
                 step()
             flops[packed] = counter.get_total_flops()
         trainer.model.pack_residues = None
-        out = {"params": count_params(trainer.model), "setup_s": setup, "step_s": float(np.median(times)),
-               "padded_step_s": float(np.median(padded_times)), "plain_step_s": float(np.median(plain_times)),
+        out = {"params": count_params(trainer.model), "setup_s": setup, **medians,
                "flops": flops[None], "padded_flops": flops[False], **profile_step(trainer, next(batches))}
         if device.type == "cuda":                       # the same step replayed as one CUDA graph
             graph = CudaGraphStep(trainer)
@@ -169,21 +206,50 @@ def bench_preset(name: str, rows: Rows, device, steps: int, warmup: int) -> dict
     return out
 
 
+def bench_data_path(data: DeviceData, dataset: PeptideDataset, device, repeats: int) -> dict:
+    """What the training loop does for data, alone: an epoch of one epoch_permutation and a DeviceData
+    gather per batch, timed in turns with REFERENCE_BATCHES batches of the reference's DataLoader."""
+    n_batches = len(data) // BENCH_BATCH
+    epochs = itertools.count()
+
+    def epoch():
+        perm = epoch_permutation(len(data), 0, next(epochs), device)
+        for b in range(n_batches):
+            data.batch(perm[b * BENCH_BATCH:(b + 1) * BENCH_BATCH])
+
+    loader = endless_batches(dataset, device)
+    next(loader)                                        # the DataLoader's iterator and its epoch's shuffle
+    n_reference = min(REFERENCE_BATCHES, n_batches)
+    medians = interleaved({"mimir": epoch, "reference": lambda: [next(loader) for _ in range(n_reference)]},
+                          repeats, device)
+    return {"samples_per_s": n_batches * BENCH_BATCH / medians["mimir"],
+            "batch_ms": 1e3 * medians["mimir"] / n_batches,
+            "reference_samples_per_s": n_reference * BENCH_BATCH / medians["reference"]}
+
+
 def fresh_run(preset: str, vocab: Vocab, device) -> Run:
     """A freshly initialised model as a Run: speed does not depend on the weights."""
     return new_run(make_config(preset, device=str(device)), vocab, device)
 
 
 def bench_sampling(vocab: Vocab, device, repeats: int, guidance: float, n: int = 256) -> tuple:
-    """(seconds, FLOPs) for sample_tokens to write n label-1 peptides of lengths 4-20 with a freshly
-    initialised small model; median of `repeats`."""
+    """(seconds, FLOPs, the reference's seconds or None) for sample_tokens to write n label-1 peptides of
+    lengths 4-20 with a freshly initialised small model; medians of `repeats`. Plain conditional sampling
+    (guidance 0) is timed in turns with the reference's sampler holding the same weights (less the
+    C-terminal embedding, which its plain model does not have)."""
     run = fresh_run("small", vocab, device)
     lengths = np.random.default_rng(0).integers(MIN_LEN, MAX_LEN + 1, n)
     g = torch.Generator(device=device).manual_seed(0)
-    sample = lambda: sample_tokens(run, lengths, 1, 1, guidance, generator=g)
+    samplers = {"mimir": lambda: sample_tokens(run, lengths, 1, 1, guidance, generator=g)}
+    if not guidance:
+        model = reference_model(run.cfg, vocab, run.model.state_dict(), device).eval()
+        samplers["reference"] = lambda: reference_sample(model, run.diffusion, vocab, lengths, 1, 1, generator=g)
     with _flop_counter() as counter:
+        samplers["mimir"]()
+    for sample in samplers.values():                    # warm-up
         sample()
-    return float(np.median([_timed(sample, device) for _ in range(repeats)])), counter.get_total_flops()
+    medians = interleaved(samplers, repeats, device)
+    return medians["mimir"], counter.get_total_flops(), medians.get("reference")
 
 
 def bench_scoring(vocab: Vocab, device, repeats: int, n: int = SCORE_PEPTIDES) -> float:
@@ -243,13 +309,13 @@ def _graph_rows(name: str, p: dict) -> list:
 
 def format_benchmark(r: dict) -> str:
     """The measurements as a Markdown table (measure | this machine | reference | speed-up), then the
-    FLOP-based lower bound of an epoch on a T4 and an A100: arithmetic, not measurement."""
+    FLOP-based lower bound of an epoch on a T4 and an A100: arithmetic, not measurement. The reference
+    column is the straightforward implementation timed in turns with Mimir in the same run (REFERENCE_NOTE)."""
     speedup = lambda ours_s, ref_s: f"{ref_s / ours_s:.2f}x"          # > 1: faster than the reference
     epoch_steps = 1_000_000 / BENCH_BATCH
     ceiling, ceiling_what = r["matmul"]
     ld, dp, n = r["loading"], r["data_path"], r["rows"]
     gpu = r["device"].startswith("cuda")
-    reference = {} if gpu else REFERENCE        # the reference was measured on a CPU: no ratio against a GPU
     rows = [("device", f"{r['device']} ({r['precision']})", "", ""), ("hardware", r["hardware"], "", ""),
             ("software", r["software"], "", ""),
             ("matmul ceiling", f"{_si(ceiling, 'FLOP/s')} ({ceiling_what})", "", ""),
@@ -257,26 +323,25 @@ def format_benchmark(r: dict) -> str:
              f"vocabulary {_secs(ld['vocab'])}, encode {_secs(ld['encode'])})", "", ""),
             (f"{n:,} rows onto the device", _secs(dp["to_device_s"]), "", ""),
             ("data path: permutation + batch gather", f"{_si(dp['samples_per_s'])} samples/s ({dp['batch_ms']:.3f} "
-             f"ms a batch)", f"{_si(reference['data_path'])} samples/s" if reference else "",
-             f"{dp['samples_per_s'] / reference['data_path']:.1f}x" if reference else "")]
+             f"ms a batch)", f"{_si(dp['reference_samples_per_s'])} samples/s",
+             f"{dp['samples_per_s'] / dp['reference_samples_per_s']:.1f}x")]
     first = next(iter(r["presets"].values()), None)
     if first:
         rows.append((f"Trainer set-up on {n:,} rows (split, device data, statistics, model)",
                      _secs(first["setup_s"]), "", ""))
     for name, p in r["presets"].items():
-        ref = reference.get(f"step_{name}")
+        ref = p["reference_step_s"]
         syncs = f"{p['syncs']}" + "".join(f", {k} x {op}" for op, k in p["sync_sources"].items())
         if p["optimizer_counter_reads"]:
             syncs += f" (+ {p['optimizer_counter_reads']} reads of AdamW step counters kept in host memory)"
         rows += [(f"{name} ({p['params'] / 1e6:.2f}M params): training step", _secs(p["step_s"]),
-                  _secs(ref) if ref else "", speedup(p["step_s"], ref) if ref else ""),
+                  _secs(ref), speedup(p["step_s"], ref)),
                  (f"{name}: the same step without rotary attention and C-terminal embedding",
                   _secs(p["plain_step_s"]), "", f"{p['step_s'] / p['plain_step_s']:.2f}x the cost of the plain step"),
                  *([(f"{name}: the same step computing PAD rows (as on a GPU)", _secs(p["padded_step_s"]), "",
                      f"{p['padded_step_s'] / p['step_s']:.2f}x from skipping them")] if not gpu else []),
                  (f"{name}: samples/s; epoch of 1,000,000 rows", f"{_si(BENCH_BATCH / p['step_s'])}; "
-                  f"{_secs(epoch_steps * p['step_s'])}", f"{_si(BENCH_BATCH / ref)}; {_secs(epoch_steps * ref)}"
-                  if ref else "", ""),
+                  f"{_secs(epoch_steps * p['step_s'])}", f"{_si(BENCH_BATCH / ref)}; {_secs(epoch_steps * ref)}", ""),
                  (f"{name}: FLOPs per step (executed; padded)", f"{_si(p['flops'], 'FLOP')}; "
                   f"{_si(p['padded_flops'], 'FLOP')}", "", ""),
                  (f"{name}: achieved FLOP/s", f"{_si(p['flops'] / p['step_s'], 'FLOP/s')} "
@@ -289,8 +354,7 @@ def format_benchmark(r: dict) -> str:
     if "small" in r["presets"]:
         rows.append(("data path share of a small step", f"{dp['batch_ms'] / 1e3 / r['presets']['small']['step_s']:.2%}",
                      "", ""))
-    for guidance, (s, flops) in r["sampling"].items():
-        ref = reference.get("sample_small") if guidance == 0 else None
+    for guidance, (s, flops, ref) in r["sampling"].items():
         rows.append((f"sampling 256 peptides (small, guidance {guidance:g})", f"{_secs(s)} ({_si(256 / s)} "
                      f"peptides/s, {_si(flops, 'FLOP')})", _secs(ref) if ref else "", speedup(s, ref) if ref else ""))
     s = r["scoring"]
@@ -299,6 +363,7 @@ def format_benchmark(r: dict) -> str:
                  "", ""))
     table = ["| measure | this machine | reference | speed-up |", "|---|---|---|---|"]
     table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    table += ["", REFERENCE_NOTE]
     table += ["", "FLOP-based lower bound of an epoch of 1,000,000 rows at batch 256 on a GPU (padded FLOPs "
               "over peak tensor throughput; arithmetic, not measurement):", "",
               "| preset | padded FLOPs per epoch | " + " | ".join(GPU_PEAKS) + " |", "|---|---|" + "---|" * len(GPU_PEAKS)]
@@ -340,25 +405,18 @@ def benchmark(device: str = "auto", presets=("small", "medium", "large"), n_rows
         vocab.encode(rows.sequences)
         t["encode"] = time.perf_counter() - t0
         r["loading"] = t
-    log("benchmark: data path")
+    log("benchmark: data path, in turns with a DataLoader")
     t0 = time.perf_counter()
     data = DeviceData(rows, vocab, np.arange(len(rows.sequences)), dev)
     _drain(dev)
     to_device = time.perf_counter() - t0
-    n_batches = len(data) // BENCH_BATCH
-
-    def epoch(e):
-        perm = epoch_permutation(len(data), 0, e, dev)
-        for b in range(n_batches):
-            data.batch(perm[b * BENCH_BATCH:(b + 1) * BENCH_BATCH])
-    seconds = float(np.median([_timed(lambda: epoch(e), dev) for e in range(repeats)]))
-    r["data_path"] = {"to_device_s": to_device, "samples_per_s": n_batches * BENCH_BATCH / seconds,
-                      "batch_ms": 1e3 * seconds / n_batches}
+    dataset = PeptideDataset(rows, vocab)               # the reference's data, also read by its steps below
+    r["data_path"] = {"to_device_s": to_device, **bench_data_path(data, dataset, dev, 3 * repeats)}
     del data
     for name in presets:
         warmup, steps = BENCH_STEPS.get(name, (2, 5))
-        log(f"benchmark: preset {name}, {warmup} + {steps * repeats} steps")
-        r["presets"][name] = bench_preset(name, rows, dev, steps * repeats, warmup)
+        log(f"benchmark: preset {name}, {warmup} + {steps * repeats} steps, each beside the reference's")
+        r["presets"][name] = bench_preset(name, rows, dev, steps * repeats, warmup, dataset)
     log("benchmark: sampling")
     r["sampling"] = {g: bench_sampling(vocab, dev, 3 * repeats, g) for g in (0.0, GUIDED)}
     log("benchmark: scoring")
