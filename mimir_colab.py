@@ -1,12 +1,13 @@
 """What only the Colab notebook needs: where its data and runs live, uploads, run names, the download.
 
-Map: runtime_info (the runtime check); data_path (demo / upload / Google Drive) with keep_upload;
-run_name_for; plot_lengths (the data cell's figure); sample_table (the samples cell); zip_run (the last
-cell's download). It imports mimir_core; the engine imports
+Map: runtime_info (the runtime check); data_path (demo / real pairs / upload / Google Drive) with keep_upload;
+run_name_for; plot_lengths (the data cell's figure); guidance_setting, tuning_summary and sample_table (the
+samples cell); zip_run (the last cell's download). It imports mimir_core; the engine imports
 nothing of it. Messages here speak the notebook's words (its Settings form), never command-line flags.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -16,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mimir_core import (DEFAULT_GUIDANCE, MAX_LEN, MIN_LEN, DataError, Rows, Run, amp_dtype, atomic_write,
-                        file_checksum, generate, label_length_counts, pick_device, pyplot)
+from mimir_core import (MAX_LEN, MIN_LEN, REAL_DATA, DataError, Rows, Run, amp_dtype,
+                        atomic_write, file_checksum, generate, label_length_counts, pick_device, pyplot)
 
 
 def runtime_info(device: str = "auto", precision: str = "auto") -> str:
@@ -37,10 +38,33 @@ def runtime_info(device: str = "auto", precision: str = "auto") -> str:
     return "\n".join(lines)
 
 
+def guidance_setting(text: str) -> float | None:
+    """The GUIDANCE setting as a number, or None (left empty: the run's own, see mimir_core.run_guidance)."""
+    text = str(text).strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and -1 <= value <= 20):
+        raise DataError(f"GUIDANCE '{text}' is not a number from -1 to 20: leave it empty for the run's own guidance")
+    return value
+
+
+def tuning_summary(run: Run) -> str:
+    """What the run chose for itself after training (tuning.json), in a line or two."""
+    tuning = run.tuning
+    if not tuning:
+        return "this run has not tuned itself (it was trained by an older version): guidance 0, score by background"
+    return (f"the run's own guidance for a target: {tuning['guidance']:g} ({tuning['why']}); its score weighs the "
+            f"background ratio {tuning['score_mix']:g} and the target ratio {1 - tuning['score_mix']:g}")
+
+
 def sample_table(run: Run, target: str | None = None, n: int = 10, min_length: int = MIN_LEN,
-                 max_length: int = MAX_LEN, guidance: float = DEFAULT_GUIDANCE, seed: int = 0) -> str:
+                 max_length: int = MAX_LEN, guidance: float | None = None, seed: int = 0) -> str:
     """n peptides for each condition side by side: interacting with any target, interacting with
-    `target` (when given), background."""
+    `target` (when given), background. guidance None: the run's own (mimir_core.run_guidance)."""
     conditions = {"interacting, any target": dict(label=1)}
     if target:
         conditions[f"interacting with {target}"] = dict(target=target)
@@ -74,15 +98,20 @@ def keep_upload(uploaded: dict, folder) -> Path:
 
 
 def data_path(source: str, drive_data_path: str, new_upload: bool, uploads, drive, in_colab: bool) -> str:
-    """The CSV the notebook trains on ("" for the embedded demo): the demo; an upload, asked for once and kept
-    in `uploads` for later runs (NEW_UPLOAD asks again); or a path inside Google Drive (`drive` is My Drive;
-    outside Colab the path is used as it is)."""
+    """The CSV the notebook trains on ("" for the embedded demo): the demo; the shipped real PDB pairs
+    (REAL_DATA, data/pepnn); an upload, asked for once and kept in `uploads` for later runs (NEW_UPLOAD asks
+    again); or a path inside Google Drive (`drive` is My Drive; outside Colab the path is used as it is)."""
     if source == "demo":
         return ""
+    if source == "real_pepnn":
+        if not REAL_DATA.exists():
+            raise DataError(f"DATA_SOURCE 'real_pepnn': {REAL_DATA} is missing from this copy of the Mimir code; "
+                            f"fetch the code again (with SAVE_TO_DRIVE: delete MyDrive/mimir/code, then Run all)")
+        return str(REAL_DATA)
     if source == "drive":
         return str(Path(drive) / drive_data_path) if in_colab else drive_data_path
     if source != "upload":
-        raise DataError(f"DATA_SOURCE '{source}' is not one of demo, upload, drive")
+        raise DataError(f"DATA_SOURCE '{source}' is not one of demo, real_pepnn, upload, drive")
     if not in_colab:
         raise DataError("DATA_SOURCE 'upload' needs Colab; elsewhere use 'drive' with a local path")
     kept = sorted(Path(uploads).glob("*"))
@@ -95,10 +124,12 @@ def data_path(source: str, drive_data_path: str, new_upload: bool, uploads, driv
 
 
 def run_name_for(preset: str, data: str = "", prefix: str = "colab") -> str:
-    """A default run name that differs for different data: <prefix>_<preset>_demo, or
-    <prefix>_<preset>_<file name>_<the first 8 hex digits of its sha256>."""
+    """A default run name that differs for different data: <prefix>_<preset>_demo, <prefix>_<preset>_real_pepnn
+    for the shipped real pairs, or <prefix>_<preset>_<file name>_<the first 8 hex digits of its sha256>."""
     if not data:
         return f"{prefix}_{preset}_demo"
+    if Path(data).resolve() == REAL_DATA.resolve():
+        return f"{prefix}_{preset}_real_pepnn"
     stem = re.sub(r"[^A-Za-z0-9]+", "_", Path(data).name.split(".")[0]).strip("_")[:24] or "data"
     return f"{prefix}_{preset}_{stem}_{file_checksum(data)[:8]}"
 

@@ -35,9 +35,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mimir_core import (DEFAULT_GUIDANCE, DEFAULT_SCORE_DRAWS, DEMO_DATA, DEMO_MOTIFS, GUIDANCE, MAX_DRAWS,
-                        MAX_EVAL_SAMPLES, MAX_LEN, MIN_LEN, PAD, RESIDUES, SEED, UNKNOWN_TARGET, DataError, Rows, Run,
-                        Vocab, add_model_args, add_run_args, number_in,
+from mimir_core import (DEFAULT_SCORE_DRAWS, DEMO_DATA, DEMO_MOTIFS, GUIDANCE, MAX_DRAWS,
+                        MAX_EVAL_SAMPLES, MAX_LEN, MIN_LEN, NOVEL_IDENTITY, PAD, RESIDUES, SEED, UNKNOWN_TARGET,
+                        BLOSUM62, BLOSUM62_INDEX, DataError, Rows, Run, Vocab, add_model_args, add_run_args, auroc_wins,
+                        best_identity, binders_by_target, local_alignment_scores,
+                        mixed_score, run_guidance, run_score_mix, nearest_neighbour_scores, novel_peptides, number_in,
+                        specificity,
                         condition_bits, generate, heldout_bound_nats, heldout_subset, length_counts, length_probs,
                         letter_counts, load_rows, load_run, log, pyplot, run_command, run_dir_arg, split_indices,
                         subset_rows, summarize_problems, write_json)
@@ -89,11 +92,6 @@ def js_divergence(p, q) -> float:
     m = (p + q) / 2
     kl = lambda a: float(np.sum(a[a > 0] * np.log2(a[a > 0] / m[a > 0])))
     return (kl(p) + kl(q)) / 2
-
-def auroc_wins(pos, neg) -> np.ndarray:
-    """(n_pos, n_neg): 1 where a positive scores above a negative, 0.5 on a tie, 0 below."""
-    diff = np.asarray(pos, dtype=float)[:, None] - np.asarray(neg, dtype=float)[None, :]
-    return (diff > 0) + 0.5 * (diff == 0)
 
 def auroc_bootstrap(scores: dict, n_pos: int, n_boot: int = 1000, seed: int = 0) -> tuple[dict, dict, int]:
     """AUROC of several scorers on the same rows (scores maps a scorer's name to its scores of the n_pos
@@ -340,164 +338,41 @@ def random_peptides(n: int, comp, length_p, seed: int = 0) -> list:
     letters = np.array(list(RESIDUES))
     return ["".join(rng.choice(letters, size=k, p=comp)) for k in lengths]
 
+def substitution_probs(comp) -> np.ndarray:
+    """(20, 20) over RESIDUES: P(b | a), the chance that a hand-made substitution turns residue a into b (never a
+    itself), proportional to comp[b] * 2^(BLOSUM62[a, b] / 2): BLOSUM62 scores are half-bit log-odds of a and b
+    aligned in related proteins over chance, so this is the matrix's own model of a conservative substitution."""
+    index = BLOSUM62_INDEX[np.frombuffer(RESIDUES.encode(), dtype=np.uint8)]
+    odds = 2.0 ** (BLOSUM62[index[:, None], index[None, :]] / 2) * standard_composition(comp)[None, :]
+    np.fill_diagonal(odds, 0)
+    return odds / odds.sum(1, keepdims=True)
+
+def mutated_binders(training: list, n: int, substitutions, rng) -> list:
+    """n variants of known binders, made as a biologist would by hand: a training peptide of the target picked
+    at random, then substitutions (substitution_probs) at positions not changed yet, one a round, until the
+    variant is novel (under NOVEL_IDENTITY to every training peptide): the baseline a generator must beat at
+    matched novelty."""
+    index = {c: i for i, c in enumerate(RESIDUES)}
+    variants = [list(training[i]) for i in rng.integers(0, len(training), n)]
+    untouched = [list(rng.permutation(len(v))) for v in variants]
+    todo = list(range(n))
+    while todo:
+        for i in todo:
+            spots = untouched[i] or [int(rng.integers(len(variants[i])))]
+            pos = spots.pop()
+            old = variants[i][pos]
+            probs = substitutions[index[old]] if old in index else np.full(len(RESIDUES), 1 / len(RESIDUES))
+            variants[i][pos] = RESIDUES[rng.choice(len(RESIDUES), p=probs)]
+        identity = best_identity(["".join(variants[i]) for i in todo], training)
+        todo = [i for i, x in zip(todo, identity) if x >= NOVEL_IDENTITY]
+    return ["".join(v) for v in variants]
+
 def composition_log_odds(target_seqs: list, background_seqs: list, letters: str) -> dict:
     """letter -> log2 of its frequency in target_seqs over background_seqs (add-one smoothed counts)."""
     def freqs(seqs):
         counts = composition(seqs, letters) * sum(map(len, seqs)) + 1
         return counts / counts.sum()
     return dict(zip(letters, np.log2(freqs(target_seqs) / freqs(background_seqs)).tolist()))
-
-# --- nearest neighbour: a peptide's best local alignment to a target's training peptides ----------
-#
-# Why this similarity: peptides of one receptor are often variants of each other (point substitutions, a
-# few residues more or less at either end, a shared core motif). A local alignment scores the shared core
-# and ignores overhangs; BLOSUM62 credits conservative substitutions (I/L/V, D/E, K/R) that exact k-mer or
-# Hamming matching would count as misses. Gaps are affine, open -10 / extend -1 (BLAST's default is 11/1):
-# in 4-20 residue peptides a gap is rare and costly, so alignments are mostly ungapped runs, as variants of
-# one binder are. All of it is numpy, vectorized over (query, reference) pairs: peptides are at most 20
-# residues, so the dynamic programme is at most 20 x 20 array steps whatever the number of pairs.
-
-GAP_OPEN = -10          # the first residue of a gap costs GAP_OPEN, each further one GAP_EXTEND
-GAP_EXTEND = -1
-
-BLOSUM62_ORDER = "ARNDCQEGHILKMFPSTWYVBZX"
-BLOSUM62_ROWS = """
- 4 -1 -2 -2  0 -1 -1  0 -2 -1 -1 -1 -1 -2 -1  1  0 -3 -2  0 -2 -1  0
--1  5  0 -2 -3  1  0 -2  0 -3 -2  2 -1 -3 -2 -1 -1 -3 -2 -3 -1  0 -1
--2  0  6  1 -3  0  0  0  1 -3 -3  0 -2 -3 -2  1  0 -4 -2 -3  3  0 -1
--2 -2  1  6 -3  0  2 -1 -1 -3 -4 -1 -3 -3 -1  0 -1 -4 -3 -3  4  1 -1
- 0 -3 -3 -3  9 -3 -4 -3 -3 -1 -1 -3 -1 -2 -3 -1 -1 -2 -2 -1 -3 -3 -2
--1  1  0  0 -3  5  2 -2  0 -3 -2  1  0 -3 -1  0 -1 -2 -1 -2  0  3 -1
--1  0  0  2 -4  2  5 -2  0 -3 -3  1 -2 -3 -1  0 -1 -3 -2 -2  1  4 -1
- 0 -2  0 -1 -3 -2 -2  6 -2 -4 -4 -2 -3 -3 -2  0 -2 -2 -3 -3 -1 -2 -1
--2  0  1 -1 -3  0  0 -2  8 -3 -3 -1 -2 -1 -2 -1 -2 -2  2 -3  0  0 -1
--1 -3 -3 -3 -1 -3 -3 -4 -3  4  2 -3  1  0 -3 -2 -1 -3 -1  3 -3 -3 -1
--1 -2 -3 -4 -1 -2 -3 -4 -3  2  4 -2  2  0 -3 -2 -1 -2 -1  1 -4 -3 -1
--1  2  0 -1 -3  1  1 -2 -1 -3 -2  5 -1 -3 -1  0 -1 -3 -2 -2  0  1 -1
--1 -1 -2 -3 -1  0 -2 -3 -2  1  2 -1  5  0 -2 -1 -1 -1 -1  1 -3 -1 -1
--2 -3 -3 -3 -2 -3 -3 -3 -1  0  0 -3  0  6 -4 -2 -2  1  3 -1 -3 -3 -1
--1 -2 -2 -1 -3 -1 -1 -2 -2 -3 -3 -1 -2 -4  7 -1 -1 -4 -3 -2 -2 -1 -2
- 1 -1  1  0 -1  0  0  0 -1 -2 -2  0 -1 -2 -1  4  1 -3 -2 -2  0  0  0
- 0 -1  0 -1 -1 -1 -1 -2 -2 -1 -1 -1 -1 -2 -1  1  5 -2 -2  0 -1 -1  0
--3 -3 -4 -4 -2 -2 -3 -2 -2 -3 -2 -3 -1  1 -4 -3 -2 11  2 -3 -4 -3 -2
--2 -2 -2 -3 -2 -1 -2 -3  2 -1 -1 -2 -1  3 -3 -2 -2  2  7 -1 -3 -2 -1
- 0 -3 -3 -3 -1 -2 -2 -3 -3  3  1 -2  1 -1 -2 -2  0 -3 -1  4 -3 -2 -1
--2 -1  3  4 -3  0  1 -1  0 -3 -4  0 -3 -3 -2  0 -1 -4 -3 -3  4  1 -1
--1  0  0  1 -3  3  4 -2  0 -3 -3  1 -1 -3 -1  0 -1 -3 -2 -2  1  4 -1
- 0 -1 -1 -1 -2 -1 -1 -1 -1 -1 -1 -1 -1 -1 -2  0  0 -2 -1 -1 -1 -1 -1
-"""
-ALIGN_PAD = len(BLOSUM62_ORDER)               # the index of padding (and of any unknown letter)
-ALIGN_NEG = -10_000                           # a PAD pairing: no local alignment crosses it
-
-BLOSUM62 = np.full((ALIGN_PAD + 1, ALIGN_PAD + 1), ALIGN_NEG, dtype=np.int32)
-BLOSUM62[:ALIGN_PAD, :ALIGN_PAD] = np.array(BLOSUM62_ROWS.split(), dtype=np.int32).reshape(ALIGN_PAD, ALIGN_PAD)
-BLOSUM62_INDEX = np.full(128, BLOSUM62_ORDER.index("X"), dtype=np.int64)   # U, O, J, ...: scored as X
-for _i, _c in enumerate(BLOSUM62_ORDER):
-    BLOSUM62_INDEX[ord(_c)] = _i
-
-
-def blosum62(a: str, b: str) -> int:
-    """The BLOSUM62 score of two residue letters (any non-standard letter scores as X)."""
-    return int(BLOSUM62[BLOSUM62_INDEX[ord(a.upper())], BLOSUM62_INDEX[ord(b.upper())]])
-
-
-def blosum62_indices(seqs) -> np.ndarray:
-    """(N, max length) BLOSUM62 indices, padded with the PAD index."""
-    width = max([len(s) for s in seqs] + [1])
-    out = np.full((len(seqs), width), ALIGN_PAD, dtype=np.int64)
-    for i, s in enumerate(seqs):
-        if s:
-            out[i, :len(s)] = BLOSUM62_INDEX[np.frombuffer(s.upper().encode("ascii"), dtype=np.uint8)]
-    return out
-
-
-def align_pairs(a, b, gap_open: int = GAP_OPEN, gap_extend: int = GAP_EXTEND,
-                with_identities: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """Smith-Waterman (Gotoh affine gaps) of the pairs (a[k], b[k]), all at once. Returns the best local
-    alignment score of each pair (P,) and, with_identities, the number of identical aligned residues in
-    that alignment (P,; among equal-scoring alignments the one the recursion keeps: diagonal first,
-    then a gap in b, then in a), else None."""
-    A, B = blosum62_indices(list(a)), blosum62_indices(list(b))
-    P, n, m = len(A), A.shape[1], B.shape[1]
-    S = BLOSUM62[A.T[:, None, :], B.T[None, :, :]]              # (n, m, P) substitution scores
-    same = ((A.T[:, None, :] == B.T[None, :, :]) & (A.T[:, None, :] != ALIGN_PAD)).astype(np.int32)
-    zero = np.zeros(P, dtype=np.int32)
-    neg = np.full(P, -10**8, dtype=np.int32)
-    H_prev, I_prev = [zero] * (m + 1), [zero] * (m + 1)    # row i-1: best score, identities on its path
-    E_prev, EI_prev = [neg] * (m + 1), [zero] * (m + 1)    # row i-1: ending in a gap in b (vertical)
-    best, best_id = zero.copy(), zero.copy()
-    for i in range(n):
-        H_row, I_row, E_row, EI_row = [zero], [zero], [neg], [zero]
-        F, FI = neg, zero                                   # ending in a gap in a (horizontal), this row
-        for j in range(1, m + 1):
-            open_e, ext_e = H_prev[j] + gap_open, E_prev[j] + gap_extend     # vertical gap: open or extend
-            E = np.maximum(open_e, ext_e)
-            open_f, ext_f = H_row[j - 1] + gap_open, F + gap_extend          # horizontal gap, this row
-            F = np.maximum(open_f, ext_f)
-            diag = H_prev[j - 1] + S[i, j - 1]
-            H = np.maximum(np.maximum(diag, 0), np.maximum(E, F))
-            H_row.append(H)
-            E_row.append(E)
-            if not with_identities:
-                np.maximum(best, H, out=best)
-            else:
-                EI = np.where(open_e >= ext_e, I_prev[j], EI_prev[j])
-                FI = np.where(open_f >= ext_f, I_row[j - 1], FI)
-                I = np.where(H <= 0, 0, np.where(H == diag, I_prev[j - 1] + same[i, j - 1],
-                                                 np.where(H == E, EI, FI)))
-                I_row.append(I)
-                EI_row.append(EI)
-                better = H > best
-                best, best_id = np.where(better, H, best), np.where(better, I, best_id)
-        H_prev, I_prev, E_prev, EI_prev = H_row, I_row, E_row, EI_row
-    return best, (best_id if with_identities else None)
-
-
-def local_alignment_scores(queries, references, chunk: int = 50_000, with_identities: bool = False):
-    """(Q, R) best BLOSUM62 local alignment score of every query against every reference (affine gaps
-    GAP_OPEN / GAP_EXTEND). With with_identities, also (Q, R) identical aligned residues."""
-    queries, references = list(queries), list(references)
-    Q, R = len(queries), len(references)
-    scores = np.zeros((Q, R), dtype=np.int64)
-    ids = np.zeros((Q, R), dtype=np.int64)
-    if Q == 0 or R == 0:
-        return (scores, ids) if with_identities else scores
-    qi, ri = np.divmod(np.arange(Q * R), R)
-    for start in range(0, Q * R, chunk):
-        q, r = qi[start:start + chunk], ri[start:start + chunk]
-        s, k = align_pairs([queries[x] for x in q], [references[x] for x in r], with_identities=with_identities)
-        scores[q, r] = s
-        if with_identities:
-            ids[q, r] = k
-    return (scores, ids) if with_identities else scores
-
-
-def self_scores(seqs) -> np.ndarray:
-    """Each peptide's alignment score with itself (N,): the sum of its diagonal BLOSUM62 entries."""
-    idx = blosum62_indices(list(seqs))
-    return np.where(idx != ALIGN_PAD, BLOSUM62[idx, idx], 0).sum(1)
-
-
-def nearest_neighbour_scores(queries, references, normalize: bool = False) -> np.ndarray:
-    """(Q,) each query's best alignment score against any reference; with normalize, the best of
-    score / sqrt(self-score of query * self-score of reference), in [0, 1] (1: identical)."""
-    s = local_alignment_scores(queries, references).astype(float)
-    if normalize:
-        s = s / np.sqrt(np.outer(self_scores(queries), self_scores(references)).clip(min=1))
-    return s.max(1) if s.shape[1] else np.zeros(len(s))
-
-
-def best_identity(queries, references) -> np.ndarray:
-    """(Q,) each query's identity to its nearest reference: the identical aligned residues of the best
-    local alignment divided by the query's length, maximised over references (1: the query occurs
-    verbatim inside a reference). A sample under 0.8 to every training peptide counts as novel."""
-    queries = list(queries)
-    if not references:
-        return np.zeros(len(queries))
-    _, ids = local_alignment_scores(queries, references, with_identities=True)
-    lengths = np.array([max(len(q), 1) for q in queries], dtype=float)
-    return ids.max(1) / lengths
-
 
 # =============================================================================================
 # Reports: likelihood, samples, motifs, scores
@@ -573,7 +448,7 @@ def peptide_bits(run: Run, rows: Rows, generator=None, n_draws: int = 1, shuffle
     label, target_id = torch.from_numpy(rows.labels), torch.from_numpy(run.vocab.target_ids(rows.targets))
     if shuffle_rng is None:
         x0 = torch.from_numpy(run.vocab.encode(rows.sequences))
-        return heldout_bound_nats(run, x0, label, target_id, generator, n_draws=n_draws).numpy() / math.log(2)
+        return heldout_bound_nats(run.model, run.diffusion, x0, label, target_id, generator, n_draws=n_draws).numpy() / math.log(2)
     shuffled = lambda: Rows(rows.path, rows.labels, rows.targets, shuffle_residues(rows.sequences, shuffle_rng),
                             rows.sources, rows.lines)
     return np.mean([peptide_bits(run, shuffled(), generator) for _ in range(n_draws)], axis=0)
@@ -634,7 +509,7 @@ def composition_gap(samples, baseline, reference, n_boot: int = 200, seed: int =
     return {"difference": gap([np.arange(len(c)) for c in counts]), "se": float(np.std(boot, ddof=1))}
 
 def sampling_report(run: Run, val: Rows, train_rows: Rows | None, n_samples: int = 1000, n_per_target: int = 200,
-                    seed: int = 0, guidance: float = DEFAULT_GUIDANCE, motifs=None, max_rows: int = 5000) -> dict:
+                    seed: int = 0, guidance: float | None = None, motifs=None, max_rows: int = 5000) -> dict:
     """Samples per label against held-out peptides and a matched random baseline (residues and lengths
     drawn from the same condition's training composition and lengths), with k-mer order (kmer_order)
     for the samples, the baseline and the training peptides. Conditioning: label-1 vs label-0
@@ -680,12 +555,13 @@ def sampling_report(run: Run, val: Rows, train_rows: Rows | None, n_samples: int
     report["conditioning"]["motifs"] = motif_report(run, samples.get(0), train_rows, comps, n_samples, on_target,
                                                     seed, guidance, motifs)
     report["conditioning"]["nearest"] = nearness_report(val, train_rows, on_target, seed)
+    report["conditioning"]["generation"] = generation_report(run, val, train_rows, on_target, comps, seed)
     return report
 
 
 class TargetSamples(dict):
     """Each target's samples (label 1, the target, n_per_target of them), made when first asked for: the
-    motif and nearness reports share them."""
+    motif, nearness and generation reports share them. guidance None: the run's own (run_guidance)."""
 
     def __init__(self, run: Run, n_per_target: int, seed: int, guidance: float):
         super().__init__()
@@ -700,9 +576,6 @@ def pooled_sample(sets: dict, keys: list, n: int, rng) -> list:
     """n peptides drawn without replacement from the lists sets[k], k in keys, pooled."""
     pool = [s for k in keys for s in sets[k]]
     return [pool[i] for i in rng.permutation(len(pool))[:n]]
-
-
-NOVEL_IDENTITY = 0.8            # a sample under this identity to every training peptide of its target is novel
 
 
 def nearness_report(val: Rows, train_rows: Rows | None, on_target: TargetSamples, seed: int = 0,
@@ -736,8 +609,82 @@ def nearness_report(val: Rows, train_rows: Rows | None, on_target: TargetSamples
                        "nearer": gap[0], "nearer_se": gap[1], "data_nearer": data_gap[0], "data_nearer_se": data_gap[1]}
     return out
 
+def identity_between(peptides: list) -> float | None:
+    """The mean over peptides of each one's best local-alignment identity to the others of the set (1 for a
+    repeat): how alike a generator's peptides for one target are. None below two peptides."""
+    if len(peptides) < 2:
+        return None
+    _, ids = local_alignment_scores(peptides, peptides, with_identities=True)
+    np.fill_diagonal(ids, -1)
+    return float(np.mean(ids.max(1) / np.array([len(p) for p in peptides])))
+
+
+SPECIFICITY_KEEP = 60           # novel peptides per target a generator is judged by (matched novelty)
+
+def specificity_report(made_by: dict, held: dict, trained: dict, keep: int = SPECIFICITY_KEEP) -> dict:
+    """Generators judged beside each other at matched novelty. made_by: a generator's name -> target -> the
+    peptides it made for the target; of these the first `keep` novel ones (novel_peptides: under NOVEL_IDENTITY
+    to every training peptide of the target, `trained`) are compared by specificity (the chance that a
+    peptide made for a target aligns better to its held-out binders, `held`, than one made for another
+    target). Per generator: the mean specificity over targets ± SE, the fraction of what it made that is novel
+    and unique, and the identity between its kept peptides; then the first generator minus each other one,
+    paired by target, ± SE."""
+    out = {"keep": keep, "generators": {}, "difference": {}}
+    for name, made in made_by.items():
+        kept, novel = {}, []
+        for target, peptides in made.items():
+            kept[target], fraction = novel_peptides(peptides, trained.get(target, []), keep)
+            novel.append(fraction)
+        per_target = specificity(kept, held)
+        values = np.array(list(per_target.values()))
+        between = [x for k in kept.values() if (x := identity_between(k)) is not None]
+        out["generators"][name] = {
+            "specificity": float(values.mean()) if len(values) else None,
+            "se": float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None,
+            "novel": float(np.mean(novel)), "unique": float(np.mean([len(set(p)) / len(p) for p in made.values()])),
+            "kept": float(np.mean([len(k) for k in kept.values()])),
+            "identity_between": float(np.mean(between)) if between else None,
+            "per_target": per_target}
+    first, *others = made_by
+    for name in others:
+        a, b = out["generators"][first]["per_target"], out["generators"][name]["per_target"]
+        paired = np.array([a[t] - b[t] for t in a if t in b])
+        out["difference"][name] = {"value": float(paired.mean()) if len(paired) else None,
+                                   "se": float(paired.std(ddof=1) / math.sqrt(len(paired))) if len(paired) > 1 else None}
+    out["targets"] = len(out["generators"][first]["per_target"])
+    return out
+
+
+SPECIFICITY_TARGETS = 40        # held-out targets the generation report judges at most (those with most binders)
+
+def generation_baselines(run: Run, trained: dict, targets: list, comps: dict, n: int, seed: int) -> dict:
+    """What a model's peptides for a target must beat, n per target: the target's known binders mutated by hand
+    (mutated_binders, BLOSUM62-weighted substitutions until novel), and residues drawn from the target's
+    training composition with its lengths."""
+    rng = np.random.default_rng(seed)
+    substitutions = substitution_probs(condition_composition(comps, 0))
+    composition_of = lambda t: standard_composition(condition_composition(comps, 1, t))
+    return {"mutated binders": {t: mutated_binders(trained[t], n, substitutions, rng) for t in targets},
+            "composition": {t: random_peptides(n, composition_of(t), length_probs(run, 1, t, MIN_LEN, MAX_LEN), seed + k)
+                            for k, t in enumerate(targets)}}
+
+def generation_report(run: Run, val: Rows, train_rows: Rows | None, on_target: TargetSamples, comps: dict, seed: int,
+                      max_targets: int = SPECIFICITY_TARGETS) -> dict:
+    """The model's peptides for each held-out target (on_target) beside mutated known binders and composition
+    sampling, at matched novelty (specificity_report), over the targets with held-out and training binders
+    (the max_targets with most held-out ones). {} with fewer than two such targets."""
+    held, trained = binders_by_target(val), binders_by_target(train_rows)
+    targets = sorted((t for t in held if t in trained and t in run.vocab.targets),
+                     key=lambda t: (-len(held[t]), t))[:max_targets]
+    if len(targets) < 2:
+        return {}
+    made = {"model": {t: on_target[t] for t in targets},
+            **generation_baselines(run, trained, targets, comps, on_target.n, seed)}
+    return specificity_report(made, held, trained)
+
+
 def motif_report(run: Run, background, train_rows: Rows | None, comps: dict, n_samples: int,
-                 on_target: TargetSamples, seed: int, guidance: float, motifs=None) -> dict:
+                 on_target: TargetSamples, seed: int, guidance: float | None, motifs=None) -> dict:
     """Per motif target: the motif's rate in the target's samples, in a random baseline matched to the
     target (its training composition and lengths: what composition alone buys), in background samples;
     enrichment over background; order enrichment (motif_order); specificity, the motif's rate in its
@@ -791,42 +738,41 @@ def motif_report(run: Run, background, train_rows: Rows | None, comps: dict, n_s
 SCORE_SHUFFLES = 5              # shuffles of each held-out peptide, a set of negatives that only order tells apart
 
 
-def score_auroc_report(run: Run, val: Rows, train_rows: Rows | None, seed: int = 0, max_rows: int = 200,
-                       draws: int = DEFAULT_SCORE_DRAWS, min_positives: int = 3, max_targets: int = 20) -> dict:
+def score_auroc_report(run: Run, val: Rows, train_rows: Rows | None, seed: int = 0, max_rows: int | None = 200,
+                       draws: int = DEFAULT_SCORE_DRAWS, min_positives: int = 3, max_targets: int | None = 20,
+                       shuffles: int = SCORE_SHUFFLES) -> dict:
     """Is score() worth anything? Per target with at least min_positives held-out label-1 rows (the
-    max_targets with most): the AUROC of score(target) for its held-out peptides against held-out
+    max_targets with most; None: all): the AUROC of score(target) for its held-out peptides against held-out
     background peptides, against other targets' held-out peptides, and against the peptides themselves
-    with their residues shuffled (SCORE_SHUFFLES each), beside two baselines on the same rows: composition
+    with their residues shuffled (`shuffles` each), beside two baselines on the same rows: composition
     (log-odds of the target's training composition vs background's) and nearest neighbour (the best
-    BLOSUM62 local alignment to the target's training peptides, what a biologist would try first). Then
-    each set's AUROCs averaged over the targets, weighted by their positives ("weighted"), with paired
-    bootstrap intervals. At most max_rows rows per set, drawn with the seed."""
+    BLOSUM62 local alignment to the target's training peptides, what a biologist would try first), and
+    the two parts of the model's score (TargetScorers). Then each set's AUROCs averaged over the targets,
+    weighted by their positives ("weighted"), with paired bootstrap intervals. At most max_rows rows per
+    set (None: all), drawn with the seed."""
     if train_rows is None:
         return {"note": "no training rows to build the composition and nearest-neighbour scorers from"}
-    rng, shuffle_rng = np.random.default_rng(seed), np.random.default_rng([seed, SCORE_SHUFFLES])
+    rng, shuffle_rng = np.random.default_rng(seed), np.random.default_rng([seed, shuffles])
     pick = lambda seqs: [seqs[i] for i in sorted(rng.permutation(len(seqs))[:max_rows])]
-    held_out = {}
-    for label, target, seq in zip(val.labels.tolist(), val.targets, val.sequences):
-        held_out.setdefault(target if label == 1 else None, []).append(seq)
-    background = pick(held_out.pop(None, []))
-    train_by_target = {}
-    for target, seq in zip(train_rows.targets, train_rows.sequences):
-        train_by_target.setdefault(target, []).append(seq)
+    held_out = binders_by_target(val)
+    background = pick([s for s, label in zip(val.sequences, val.labels.tolist()) if label == 0])
+    train_by_target = {**binders_by_target(train_rows),
+                       "": [s for s, label in zip(train_rows.sequences, train_rows.labels.tolist()) if label == 0]}
     eligible = sorted((t for t, seqs in held_out.items() if len(seqs) >= min_positives and t in train_by_target
-                       and t in run.vocab.targets), key=lambda t: (-len(held_out[t]), t))
-    report = {"targets": {}, "weighted": {}, "skipped_targets": len(held_out) - min(len(eligible), max_targets),
+                       and t in run.vocab.targets), key=lambda t: (-len(held_out[t]), t))[:max_targets]
+    report = {"targets": {}, "weighted": {}, "skipped_targets": len(held_out) - len(eligible),
               "min_positives": min_positives, "max_targets": max_targets, "max_rows": max_rows, "draws": draws,
-              "shuffles": SCORE_SHUFFLES}
+              "shuffles": shuffles, "score_mix": run_score_mix(run)}
     if not background or not eligible:
         return report
     scorers, parts = TargetScorers(run, train_by_target, draws, seed), {}
-    for target in eligible[:max_targets]:
+    for target in eligible:
         positives = pick(held_out[target])
         known = set(held_out[target]) | set(train_by_target[target])      # a peptide may bind several targets
         others = pick([s for t, seqs in held_out.items() if t != target for s in seqs if s not in known])
-        shuffles = [s for s in shuffle_residues(positives * SCORE_SHUFFLES, shuffle_rng) if s not in known]
+        shuffled = [s for s in shuffle_residues(positives * shuffles, shuffle_rng) if s not in known]
         report["targets"][target] = {}
-        for name, negatives in (("background", background), ("other_targets", others), ("shuffles", shuffles)):
+        for name, negatives in (("background", background), ("other_targets", others), ("shuffles", shuffled)):
             if negatives:
                 auroc, boot, n_neg = auroc_bootstrap(scorers(target, positives + negatives), len(positives), seed=seed)
                 report["targets"][target][name] = auroc_summary(auroc, boot, len(positives), n_neg)
@@ -836,38 +782,44 @@ def score_auroc_report(run: Run, val: Rows, train_rows: Rows | None, seed: int =
 
 
 class TargetScorers:
-    """The three scorers of score_auroc_report for one target's rows: the model's score (background bits,
-    which do not depend on the target, computed once per peptide), composition log-odds and the nearest
-    training peptide's alignment score."""
+    """The scorers of score_auroc_report for one target's rows: the model's score (score(), with the run's mix),
+    composition log-odds, the nearest training peptide's alignment score, and the two parts of the model's
+    score apart: the background ratio and the target ratio (mixed_score). The bounds under background and
+    under any target do not depend on the target: each peptide's are computed once."""
 
     def __init__(self, run: Run, train_by_target: dict, draws: int, seed: int):
         self.run, self.train_by_target, self.draws, self.seed = run, train_by_target, draws, seed
-        self.background_bits = {}
+        self.shared_bits = {}           # peptide -> (bits under background, bits under any target)
 
     def __call__(self, target: str, rows: list) -> dict:
         run, training = self.run, self.train_by_target[target]
-        fresh = sorted(set(rows) - set(self.background_bits))
+        fresh = sorted(set(rows) - set(self.shared_bits))
         if fresh:
-            self.background_bits.update(zip(fresh, condition_bits(run, fresh, 0, UNKNOWN_TARGET, self.draws, self.seed)))
+            bits = lambda label: condition_bits(run, fresh, label, UNKNOWN_TARGET, self.draws, self.seed)
+            self.shared_bits.update(zip(fresh, zip(bits(0), bits(1))))
+        background, any_target = np.array([self.shared_bits[s] for s in rows]).T
         cond = condition_bits(run, rows, 1, run.vocab.target_id(target), self.draws, self.seed)
         log_odds = composition_log_odds(training, self.train_by_target.get("", []), run.vocab.letters)
-        return {"model": np.array([self.background_bits[s] for s in rows]) - cond,
+        return {"model": mixed_score(background, any_target, cond, run_score_mix(run)),
                 "composition": np.array([sum(log_odds[c] for c in s) for s in rows]),
-                "nearest": nearest_neighbour_scores(rows, training)}
+                "nearest": nearest_neighbour_scores(rows, training),
+                "background ratio": background - cond, "target ratio": any_target - cond}
 
 
 def evaluate(run_dir, data=None, n_samples: int = 1000, n_per_target: int = 200, seed: int = 0,
-             guidance: float = DEFAULT_GUIDANCE, motifs=None, max_rows: int = 5000,
+             guidance: float | None = None, motifs=None, max_rows: int = 5000,
              n_draws: int = DEFAULT_NOISE_DRAWS, checkpoint: str = "best", device: str = "auto") -> dict:
     """Held-out likelihood, sample quality, order and conditioning, each beside a baseline matched to
-    its condition and with its standard error. Writes evaluation.json in the run directory and returns
-    the report (see format_report)."""
+    its condition and with its standard error, at `guidance` (None: the run's own, run_guidance). Writes
+    evaluation.json in the run directory and returns the report (see format_report)."""
     if n_draws < 1:
         raise DataError(f"noise draws (n_draws, --noise-draws) must be at least 1, not {n_draws}")
     run = load_run(run_dir, checkpoint=checkpoint, device=device)
     val, train_rows = evaluation_split(run, data)
-    report = {"run_dir": str(run_dir), "checkpoint": checkpoint, "guidance": guidance, "seed": seed,
-              "heldout_rows": len(val.sequences),
+    tuned = guidance is None
+    report = {"run_dir": str(run_dir), "checkpoint": checkpoint, "tuned_guidance": tuned,
+              "guidance": run_guidance(run, guidance), "label_guidance": run_guidance(run, guidance, target=None),
+              "seed": seed, "heldout_rows": len(val.sequences),
               "likelihood": likelihood_report(run, val, train_rows, seed, max_rows, n_draws),
               **sampling_report(run, val, train_rows, n_samples, n_per_target, seed, guidance, motifs, max_rows)}
     report["score_auroc"] = score_auroc_report(run, val, train_rows, seed)
@@ -880,8 +832,9 @@ def guidance_sweep(run_dir, guidances, data=None, n_samples: int = 1000, n_per_t
     guidance_sweep.json in the run directory and returns the reports (see format_guidance_sweep)."""
     run = load_run(run_dir, checkpoint=checkpoint, device=device)
     val, train_rows = evaluation_split(run, data)
-    reports = [{"guidance": g, **sampling_report(run, val, train_rows, n_samples, n_per_target, seed, g, motifs)}
-               for g in guidances]
+    own = run.tuning.get("guidance")                    # the run's own guidance, marked in the table
+    reports = [{"guidance": g, "tuned_guidance": g == own,
+                **sampling_report(run, val, train_rows, n_samples, n_per_target, seed, g, motifs)} for g in guidances]
     write_json(Path(run_dir) / "guidance_sweep.json", reports)
     return reports
 
@@ -954,6 +907,16 @@ def _nearness(report: dict, read) -> str:
     return read(list(nearest.values())) if nearest else "-"
 
 
+def _generation(report: dict, read) -> str:
+    """A figure of the generation report (model beside mutated binders and composition), '-' without one."""
+    generation = report["conditioning"].get("generation")
+    return read(generation) if generation else "-"
+
+
+def _specificity(name: str):
+    return lambda r: _generation(r, lambda g: plus_minus(g["generators"][name]["specificity"], g["generators"][name]["se"]))
+
+
 def _weighted_auroc(report: dict, negatives: str, scorer: str) -> str:
     r = report.get("score_auroc", {}).get("weighted", {}).get(negatives)
     return number(r[scorer]["auroc"], 3) if r else "-"
@@ -1001,9 +964,19 @@ METRICS = [
         r, lambda ts: f"{sum(verdict(-t['nearer'], t['nearer_se'], 'y', 'n') == 'y' for t in ts)}/{len(ts)}")),
     Metric(f"target samples under {NOVEL_IDENTITY:.0%} identity to its training peptides (median)",
            lambda r: _nearness(r, lambda ts: number(float(np.median([t["novel"] for t in ts]))))),
+    Metric("target specificity, matched novelty: model", _specificity("model")),
+    Metric("mutated known binders", _specificity("mutated binders")),
+    Metric("composition sampling", _specificity("composition")),
+    Metric("model - mutated binders", lambda r: _generation(r, lambda g: plus_minus(
+        g["difference"]["mutated binders"]["value"], g["difference"]["mutated binders"]["se"], signed=True))),
+    Metric("target samples novel, unique", lambda r: _generation(
+        r, lambda g: f"{g['generators']['model']['novel']:.2f}, {g['generators']['model']['unique']:.2f}")),
     *(Metric(f"score AUROC vs {negatives.replace('_', ' ')}: {scorer} (weighted)",
              lambda r, n=negatives, k=scorer: _weighted_auroc(r, n, k), in_sweep=False)
       for negatives in ("background", "other_targets", "shuffles") for scorer in ("model", "composition", "nearest")),
+    *(Metric(f"score AUROC vs other targets: {part} alone (weighted)",
+             lambda r, k=part: _weighted_auroc(r, "other_targets", k), in_sweep=False)
+      for part in ("background ratio", "target ratio")),
     Metric("charge gap / data's", lambda r: _gap_ratio(r, "net charge")),
     Metric("hydropathy gap / data's", lambda r: _gap_ratio(r, "hydropathy")),
 ]
@@ -1031,7 +1004,8 @@ def format_summary(report: dict) -> str:
 
 def format_guidance_sweep(reports: list) -> str:
     """One row per guidance value of guidance_sweep's reports: the METRICS that guidance can change."""
-    return metrics_table(("guidance",), [((f"{r['guidance']:g}",), r) for r in reports], sweep=True)
+    return metrics_table(("guidance",), [((f"{r['guidance']:g}" + (" (the run's)" if r.get("tuned_guidance") else ""),), r)
+                                         for r in reports], sweep=True)
 
 
 def format_score_auroc(report: dict) -> str:
@@ -1053,6 +1027,14 @@ def format_score_auroc(report: dict) -> str:
         out.append(f"  {target:16}{name.replace('_', ' '):15}{r['positives']:5}{r['negatives']:6}  "
                    + "".join(f"{c:21}" for c in cells)
                    + "".join(f"{auroc_difference(r['difference'][k]):41}" for k in ("composition", "nearest")).rstrip())
+    if report.get("weighted") and "target ratio" in next(iter(report["weighted"].values())):
+        mix = report.get("score_mix", 1.0)
+        out.append(f"  the model's score is {mix:g} x its background ratio (bits under background - under the target) + "
+                   f"{1 - mix:g} x its target ratio (bits under any target - under the target); each part alone, WEIGHTED:")
+        for name, r in report["weighted"].items():
+            cells = [f"{k} {r[k]['auroc']:.3f} [{r[k]['interval'][0]:.2f}, {r[k]['interval'][1]:.2f}]"
+                     for k in ("background ratio", "target ratio")]
+            out.append(f"  {'':16}{name.replace('_', ' '):15}{'':11}  " + "   ".join(cells))
     if report["skipped_targets"]:
         out.append(f"  ({report['skipped_targets']} more target(s) with held-out rows not shown: fewer than "
                    f"{report['min_positives']} held-out peptides, no training rows, or past the first "
@@ -1070,7 +1052,9 @@ def auroc_difference(d: dict) -> str:
 def format_report(report: dict) -> str:
     """The evaluation report as readable text: every verdict a difference or ratio with its standard
     error (±), "not distinguishable" within 2 SE."""
-    parts = [f"Evaluation of {report['run_dir']} ({report['checkpoint']}.pt, guidance {report['guidance']}, "
+    own = (f" for targets (the run's own, tuned on its validation binders), {report['label_guidance']:g} for labels"
+           if report.get("tuned_guidance") else "")
+    parts = [f"Evaluation of {report['run_dir']} ({report['checkpoint']}.pt, guidance {report['guidance']:g}{own}, "
              f"{report['heldout_rows']} held-out rows)", format_summary(report), format_likelihood(report["likelihood"]),
              format_samples(report), format_kmer_order(report["samples"]), format_conditioning(report["conditioning"])]
     if "score_auroc" in report:
@@ -1154,6 +1138,27 @@ def format_conditioning(cond: dict) -> str:
         out += ["", format_motifs(cond["motifs"])]
     if cond.get("nearest"):
         out += ["", format_nearness(cond["nearest"])]
+    if cond.get("generation"):
+        out += ["", format_generation(cond["generation"])]
+    return "\n".join(out)
+
+
+def format_generation(generation: dict) -> str:
+    """generation_report as text: each generator's specificity at matched novelty, and the model's verdicts."""
+    out = [f"Peptides for a target beside what a biologist would make by hand, at matched novelty ({generation['targets']} "
+           f"held-out targets; per target the first {generation['keep']} peptides under {NOVEL_IDENTITY:.0%} identity to "
+           f"its training binders): specificity = the chance that a peptide made for a target aligns better (BLOSUM62) "
+           f"to its held-out binders than one made for another target (0.5: chance), mean over targets ± SE; "
+           f"'mutated binders': known binders with BLOSUM62-weighted substitutions until novel; 'composition': "
+           f"residues drawn from the target's training composition; novel / unique: of all it made; identity "
+           f"between: of its kept peptides to each other",
+           f"  {'':18}{'specificity':<17}{'novel':>7}{'unique':>8}{'kept':>7}{'identity between':>18}"]
+    for name, g in generation["generators"].items():
+        out.append(f"  {name:18}{plus_minus(g['specificity'], g['se']):<17}{g['novel']:7.2f}{g['unique']:8.2f}"
+                   f"{g['kept']:7.1f}{number(g['identity_between']):>18}")
+    for name, d in generation["difference"].items():
+        out.append(f"  model - {name}: {plus_minus(d['value'], d['se'], signed=True)}: "
+                   + verdict(d["value"], d["se"], f"model LOSES to {name}", f"model beats {name}"))
     return "\n".join(out)
 
 
@@ -1248,8 +1253,9 @@ def build_parser():
     p.add_argument("--data", default=None, help="score this file instead of the run's held-out split")
     p.add_argument("-n", type=number_in(int, 1, MAX_EVAL_SAMPLES), default=1000,
                    help="samples per condition (default 1000)")
-    p.add_argument("--guidance", type=GUIDANCE, nargs="+", default=[DEFAULT_GUIDANCE],
-                   help=f"classifier-free guidance (default {DEFAULT_GUIDANCE}); several values print a comparison table")
+    p.add_argument("--guidance", type=GUIDANCE, nargs="+", default=[None],
+                   help="classifier-free guidance (default: the run's own, tuned on its validation binders); several "
+                        "values print a comparison table")
     p.add_argument("--motifs", default=None, help="motifs JSON (target -> regex); default: the demo's, for demo runs")
     p.add_argument("--noise-draws", type=number_in(int, 1, MAX_DRAWS), default=DEFAULT_NOISE_DRAWS,
                    help=f"noise draws averaged per term of the likelihood bound (default {DEFAULT_NOISE_DRAWS}; "

@@ -11,7 +11,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -31,8 +31,9 @@
 # - The notebook needs the rest of the Mimir repository. If `REPO_URL` below is empty, step 2 asks for
 #   the repository as a zip: download it first from the repository's web page (*Code > Download ZIP*).
 #   With `SAVE_TO_DRIVE` the code is kept on your Google Drive, so it is asked for only once.
-# - Your own data: a CSV (or `.csv.gz`) with the header `label,target,sequence`, on your computer
-#   (`upload`) or on Google Drive (`drive`).
+# - Data: the demo's motif-derived peptides (`demo`), real peptide-receptor pairs from PDB structures
+#   (`real_pepnn`), both shipped with the repository, or your own: a CSV (or `.csv.gz`) with the header
+#   `label,target,sequence`, on your computer (`upload`) or on Google Drive (`drive`).
 #
 # **How to use:** set the form below, then *Runtime > Run all*. With the demo data and the small preset
 # the whole notebook takes a few minutes on a T4; the Train step says how long a run will take once it
@@ -50,13 +51,16 @@
 # ## 1. Settings
 # - `PRESET`: small (0.74M parameters on the demo data, 0.84M with 800 targets; fine on Colab Free's T4),
 #   medium (3.7M / 3.9M), large (21.1M / 21.5M; pick an A100 on Colab Pro).
-# - `DATA_SOURCE`: `demo` uses the embedded demo data; `upload` asks for a CSV once and keeps it for later
+# - `DATA_SOURCE`: `demo` uses the embedded demo data (12 targets, motif-derived stand-ins); `real_pepnn`
+#   the real peptide-receptor pairs of PDB structures shipped in `data/pepnn` (1,761 peptides of 573
+#   receptors, most with 1-5 peptides; see step 4); `upload` asks for a CSV once and keeps it for later
 #   runs (tick `NEW_UPLOAD` to give another file); `drive` reads `DRIVE_DATA_PATH` from your Google Drive
 #   (a path inside *My Drive*, or a full path). The CSV needs the header `label,target,sequence` (an
 #   optional `source` column keeps each protein's peptides on one side of the held-out split).
 # - `SKIP_INVALID`: train on the valid rows of a file with problems (they are listed either way).
-# - `RUN_NAME`: empty means `colab_<preset>_demo`, or `colab_<preset>_<file name>_<checksum>` for your
-#   data, so other data never continue an old run. The same name and data resume the same run.
+# - `RUN_NAME`: empty means `colab_<preset>_demo`, `colab_<preset>_real_pepnn`, or
+#   `colab_<preset>_<file name>_<checksum>` for your data, so other data never continue an old run. The
+#   same name and data resume the same run.
 # - `SAVE_TO_DRIVE`: keep runs (and the code) on Google Drive, so a disconnect loses nothing.
 # - `EPOCHS`: 0 keeps the preset's number of epochs.
 # - `ALLOW_CPU`: train the medium or large preset on a CPU runtime anyway (hours).
@@ -66,7 +70,7 @@
 # %%
 # @title Settings
 PRESET = "small"  # @param ["small", "medium", "large"]
-DATA_SOURCE = "demo"  # @param ["demo", "upload", "drive"]
+DATA_SOURCE = "demo"  # @param ["demo", "real_pepnn", "upload", "drive"]
 DRIVE_DATA_PATH = "mimir/dataset.csv"  # @param {type:"string"}
 NEW_UPLOAD = False  # @param {type:"boolean"}
 SKIP_INVALID = False  # @param {type:"boolean"}
@@ -166,9 +170,19 @@ mc.require_gpu(PRESET, allow_cpu=ALLOW_CPU)
 # The data are checked with the same rules as the command line: a bad file stops here with the line
 # number of every problem (fix the file and upload it again with `NEW_UPLOAD`, or tick `SKIP_INVALID`).
 # You should see the rows per label, the number of targets and the length distributions of both labels,
-# which should match (otherwise a model could tell the labels apart by length alone). The demo's label-1
-# rows are **motif-derived stand-ins** (windows of real proteins that match a known short linear motif of
-# the target's domain), **not measured interactions**.
+# which should match (otherwise a model could tell the labels apart by length alone).
+# - `demo`: 41,800 rows, 12 targets named after human proteins. Its label-1 rows are **motif-derived
+#   stand-ins** (windows of real proteins that match a known short linear motif of the target's domain),
+#   **not measured interactions**.
+# - `real_pepnn`: 26,761 rows. The 1,761 label-1 rows are **real**: peptides bound to a receptor in a PDB
+#   structure (the PepNN training set, MIT licence; see `data/pepnn/README.md`). A target is a receptor
+#   sequence cluster `C<n>`; `data/pepnn/receptors.csv.gz` names an example PDB entry for each. Of the
+#   573 receptors, 310 have one peptide and 27 have ten or more (`C485` 93, `C143` 51, `C121` and `C93`
+#   38): expect a warning that some targets have no training rows (their only peptide fell in the
+#   held-out split), and ask for a well-populated target in step 7. The 25,000 label-0 rows are windows
+#   of the demo's proteins. Training takes a little less time than on the demo. In step 8 expect the
+#   nearest training peptide to rank a receptor's held-out peptides better than the model does: the
+#   peptides of one receptor are often variants of each other.
 
 # %%
 UPLOADS = DRIVE / "mimir" / "uploads" if SAVE_TO_DRIVE else CONTENT / "uploads"   # kept for later runs
@@ -183,7 +197,10 @@ colab.plot_lengths(rows);
 # variational term) and their weighted sum; after the first steps a line says how long the run will take.
 # Each epoch ends with a line of held-out figures and a checkpoint. Running the notebook again with the
 # same run name and data resumes the run instead of starting over; a run too short to learn much says so
-# (more epochs or more data help).
+# (more epochs or more data help). After the last epoch the run tunes itself on its held-out binders
+# (about a minute on a T4, a few on a CPU): the guidance its peptides for a target are sampled with and
+# how its score weighs its two parts; a line says what it chose and why (`tuning.json` in the run folder
+# keeps the figures behind the choice).
 
 # %%
 import tempfile
@@ -202,8 +219,9 @@ summary = mc.train(cfg, run_dir, resume=True, skip_invalid=SKIP_INVALID, verbose
 # ## 6. Convergence
 # ce, vb and the loss per step (training, smoothed) and per epoch (held-out). The dashed line is ln K,
 # the ce of a uniform guess: a model that learned anything sits well below it. Held-out curves that
-# rise while training curves fall mean overfitting; `best.pt` keeps the epoch with the lowest held-out
-# loss, and sampling uses it.
+# rise while training curves fall mean overfitting. The last panel is what `best.pt` is chosen by: the
+# bound of the held-out binders (label-1 rows, bits per residue, lower is better), since the held-out
+# loss is mostly background's; the star marks the epoch that sampling uses.
 
 # %%
 from IPython.display import Image, display
@@ -214,26 +232,30 @@ display(Image(str(run_dir / "convergence.png")))
 # ## 7. Samples
 # Peptides for three conditions side by side: interacting with any target, interacting with `TARGET`
 # (empty: the first target of the data), and background. Change `TARGET`, `MIN_LENGTH` and `MAX_LENGTH`
-# to ask for other peptides. `GUIDANCE` 0 (the default) samples what the model learned for the condition;
-# a value above 0 (classifier-free guidance) pushes further toward it, and exaggerates what sets the
-# condition apart (charge, hydrophobicity) beyond what the data show.
+# to ask for other peptides. `GUIDANCE` (classifier-free guidance) left empty is the run's own choice:
+# for a target, the guidance tuned after training on its held-out binders (printed below); without a
+# target, 0, which samples what the model learned for the label. A number overrides both: 0 samples
+# what the model learned for the condition, more pushes further toward it and, past what the data
+# support, exaggerates what sets the condition apart (charge, hydrophobicity).
 
 # %%
 TARGET = ""  # @param {type:"string"}
 MIN_LENGTH = 8  # @param {type:"integer"}
 MAX_LENGTH = 12  # @param {type:"integer"}
-GUIDANCE = 0.0  # @param {type:"number"}
+GUIDANCE = ""  # @param {type:"string"}
 
 model = mc.load_run(run_dir)
+guidance = colab.guidance_setting(GUIDANCE)
+print(colab.tuning_summary(model))
 print(colab.sample_table(model, target=TARGET or model.vocab.targets[0], n=10, min_length=MIN_LENGTH,
-                      max_length=MAX_LENGTH, guidance=GUIDANCE))
+                      max_length=MAX_LENGTH, guidance=guidance))
 
 # %% [markdown]
 # ## 7b. Score and redesign
 # **Rank peptides you already have** (a library, a screen's hits, another tool's output) for a target:
 # paste them between the quotes, one per line, and set `SCORE_TARGET` (empty: the `TARGET` above). The
-# score is how many bits more the model believes a peptide for that target than as background: higher
-# means more like the target's peptides. Left empty, the cell scores 8 peptides sampled for the target
+# score is how many bits more the model believes a peptide for that target than as background or for
+# any other target (the run weighs the two as it tuned them): higher means more like the target's peptides. Left empty, the cell scores 8 peptides sampled for the target
 # and 8 sampled as background: a model that learned the target ranks most of its own first.
 # `mc.score(..., draws=4)` gives steadier scores, four times slower.
 
@@ -244,7 +266,7 @@ SCORE_TARGET = ""  # @param {type:"string"}
 
 score_target = SCORE_TARGET or TARGET or model.vocab.targets[0]
 candidates = CANDIDATES.split() or (
-    mc.generate(model, n=8, target=score_target, min_length=MIN_LENGTH, max_length=MAX_LENGTH, guidance=GUIDANCE)
+    mc.generate(model, n=8, target=score_target, min_length=MIN_LENGTH, max_length=MAX_LENGTH, guidance=guidance)
     + mc.generate(model, n=8, label=0, min_length=MIN_LENGTH, max_length=MAX_LENGTH, seed=1))
 scores = mc.score(model, candidates, score_target)
 print(f"target {score_target}, best first:")
@@ -261,7 +283,7 @@ PARENT = ""  # @param {type:"string"}
 STRENGTH = 0.3  # @param {type:"number"}
 
 parent = PARENT or max(scores, key=lambda r: r["score"])["peptide"]
-variants = mc.generate_variants(model, parent, n=10, strength=STRENGTH, target=score_target, guidance=GUIDANCE)
+variants = mc.generate_variants(model, parent, n=10, strength=STRENGTH, target=score_target, guidance=guidance)
 print(f"variants of {parent} (strength {STRENGTH}), best first:")
 for r in sorted(mc.score(model, variants, score_target), key=lambda r: -r["score"]):
     print(f"  {r['peptide']:20} score {r['score']:7.2f}   identity {mc.identity(r['peptide'], parent):.2f}")
@@ -275,7 +297,7 @@ for r in sorted(mc.score(model, variants, score_target), key=lambda r: -r["score
 TEMPLATE = ""  # @param {type:"string"}
 
 template = TEMPLATE or "xx" + parent[2:-2] + "xx"
-filled = mc.fill_template(model, template, n=10, target=score_target, guidance=GUIDANCE)
+filled = mc.fill_template(model, template, n=10, target=score_target, guidance=guidance)
 print(f"template {template}, best first:")
 print(mc.format_scores(mc.score(model, filled, score_target), ranked=True))
 
@@ -298,19 +320,23 @@ print(mc.format_scores(mc.score(model, filled, score_target), ranked=True))
 #   **Specificity**: rate in the target's samples over the other targets' samples.
 # - **Target samples**: each sample's identity to its target's training peptides (novel: under 80%), and whether
 #   a target's samples sit nearer its held-out peptides than other targets' samples do (`nearer` > 0).
+# - **Beside what a biologist makes by hand**: the specificity of the model's peptides for each target (the
+#   chance that one aligns better to the target's held-out binders than a peptide made for another target),
+#   at matched novelty, beside known binders mutated until novel and beside composition sampling; "model
+#   LOSES to mutated binders" means a hand-made variant of a known binder would serve that target better.
 # - **Score ranking**: the AUROC of the score for each target's held-out peptides against background, other
 #   targets' peptides and the same peptides shuffled, beside composition and the nearest training peptide
 #   (BLOSUM62 alignment), the baseline a biologist would try first; `WEIGHTED` averages the targets.
 # - **Label conditioning**: how far interacting samples differ from background samples in net charge and
-#   hydropathy, beside the training data's gap; "EXAGGERATE" means a caricature of the condition (raising
-#   `GUIDANCE` does that).
+#   hydropathy, beside the training data's gap; "EXAGGERATE" means a caricature of the condition (guiding a
+#   label, `GUIDANCE` above 0 with no target, does that).
 #
 # The plots compare composition and lengths of held-out data, samples and the random baseline. In the test
 # suite's smoke mode (a tiny model, 150 steps, one noise draw) the figures mean nothing.
 
 # %%
 report = ev.evaluate(run_dir, n_samples=100 if SMOKE else 1000, n_per_target=50 if SMOKE else 200,
-                     guidance=GUIDANCE, n_draws=1 if SMOKE else ev.DEFAULT_NOISE_DRAWS)
+                     guidance=guidance, n_draws=1 if SMOKE else ev.DEFAULT_NOISE_DRAWS)
 print(ev.format_report(report))
 ev.plot_evaluation(report);
 

@@ -1,19 +1,23 @@
-"""Judge a model on real peptide-receptor pairs, held out within their receptors, beside two baselines.
+"""Judge a model on real peptide-receptor pairs, held out within their receptors, beside what a biologist does.
 
-    python scripts/real_data.py --data pepnn.csv.gz --out runs/real [--name NAME] [--set KEY=VALUE ...]
-                                [--samples 50] [--shuffles 3] [--eval-only]
+    python scripts/real_data.py [--data data/pepnn/dataset.csv.gz] [--out runs/real] [--name NAME]
+                                [--set KEY=VALUE ...] [--samples 100] [--shuffles 3] [--eval-only]
 
-The data file is a Mimir CSV of real pairs plus background windows (scripts/build_dataset.py with
---interactions; --n-human / --n-viral make the background smaller). Of every target with at least
+The data file is a Mimir CSV of real pairs plus background windows (by default the shipped PDB pairs,
+data/pepnn/; scripts/build_dataset.py with --interactions makes others). Of every target with at least
 --min-peptides peptides, a seeded --holdout share of its peptides is held out, and so are --background
-background rows; the model trains (the preset plus --set overrides) on a CSV of the other rows only.
-Then, per target, the three scorers of the evaluation (mimir_eval.TargetScorers: the model's score,
-composition log-odds, the nearest training peptide by BLOSUM62 local alignment) rank its held-out
-peptides against the held-out background, the other targets' held-out peptides and the peptides' own
-shuffles; AUROCs are averaged over targets weighted by their held-out peptides, with paired bootstrap
-intervals (mimir_eval.weighted_auroc). Then --samples samples per target: their identity to the
-target's training peptides and whether they sit nearer its held-out peptides than other targets'
-samples (mimir_eval.nearness_report). The report goes to OUT/NAME/real_data.json.
+background rows; the model trains with the product's defaults (the preset plus --set overrides; it tunes
+its guidance and score on its own validation split) on a CSV of the other rows only. Then the
+evaluation's own reports judge it on the held-out rows:
+- the score (mimir_eval.score_auroc_report, every target, every row): the model's score, its two parts,
+  composition log-odds and the nearest training peptide (BLOSUM62 local alignment) rank each target's
+  held-out peptides against the held-out background, the other targets' held-out peptides and the
+  peptides' own shuffles; AUROCs averaged over targets, weighted by their held-out peptides, with paired
+  bootstrap intervals;
+- the peptides (--samples per target, at the run's own guidance; mimir_eval.generation_report): their
+  specificity to the target's held-out binders at matched novelty beside known binders mutated by hand
+  and composition sampling, and (mimir_eval.nearness_report) their nearness to the held-out binders.
+The report goes to OUT/NAME/real_data.json.
 """
 from __future__ import annotations
 
@@ -65,51 +69,45 @@ def write_rows(rows: mc.Rows, idx, path: Path):
                         rows.sources[i] if rows.sources is not None else ""])
 
 
-def score_report(run: mc.Run, train_rows: mc.Rows, held: dict, background: list, shuffles: int, draws: int,
-                 seed: int) -> dict:
-    """Weighted AUROCs of the three scorers against each set of negatives (see the module's docstring)."""
-    train_by_target = {}
-    for label, target, seq in zip(train_rows.labels.tolist(), train_rows.targets, train_rows.sequences):
-        train_by_target.setdefault(target if label == 1 else "", []).append(seq)
-    targets = [t for t in held if held[t] and t in train_by_target and t in run.vocab.targets]
-    scorers, parts, rng = ev.TargetScorers(run, train_by_target, draws, seed), {}, np.random.default_rng(seed)
-    for t in targets:
-        known = set(held[t]) | set(train_by_target[t])
-        negatives = {"background": background,
-                     "other_targets": sorted({s for u in targets if u != t for s in held[u] if s not in known}),
-                     "shuffles": [s for s in ev.shuffle_residues(held[t] * shuffles, rng) if s not in known]}
-        for name, negs in negatives.items():
-            if negs:
-                auroc, boot, n_neg = ev.auroc_bootstrap(scorers(t, held[t] + negs), len(held[t]), seed=seed)
-                parts.setdefault(name, []).append((len(held[t]), n_neg, auroc, boot))
-    return {"targets": len(targets), **{name: ev.weighted_auroc(p) for name, p in parts.items()}}
+def heldout_rows(held: dict, background: list) -> mc.Rows:
+    """The held-out binders (label 1, under their target) and background peptides as one set of rows, which the
+    evaluation's reports read as a run's held-out split."""
+    targets = [t for t in held for _ in held[t]]
+    return mc.Rows("held-out", np.array([1] * len(targets) + [0] * len(background), dtype=np.int64),
+                   targets + [""] * len(background), [s for t in held for s in held[t]] + list(background), None,
+                   np.zeros(len(targets) + len(background), dtype=np.int64))
 
 
-def sample_report(run: mc.Run, train_rows: mc.Rows, held: dict, n: int, seed: int) -> dict:
-    targets = [t for t in held if held[t]]
-    heldout = mc.Rows("held-out", np.ones(sum(len(held[t]) for t in targets), dtype=np.int64),
-                      [t for t in targets for _ in held[t]], [s for t in targets for s in held[t]], None,
-                      np.zeros(0, dtype=np.int64))
-    near = ev.nearness_report(heldout, train_rows, ev.TargetSamples(run, n, seed, mc.DEFAULT_GUIDANCE), seed,
-                              min_peptides=1, max_targets=len(targets))
-    gaps = list(near.values())
-    return {"per_target": near, "targets": len(near), "novel (median)": float(np.median([m["novel"] for m in gaps])),
-            "nearer by 2 SE": sum(m["nearer"] > 2 * m["nearer_se"] for m in gaps),
-            "nearer (mean)": float(np.mean([m["nearer"] for m in gaps])),
-            "data nearer (mean)": float(np.mean([m["data_nearer"] for m in gaps]))}
+def generation_reports(run: mc.Run, train_rows: mc.Rows, val: mc.Rows, n: int, seed: int) -> dict:
+    """The model's peptides for each held-out target (n of them, at the run's own guidance) beside mutated known
+    binders and composition sampling at matched novelty (mimir_eval.generation_report), and how near they sit
+    to the target's held-out binders (mimir_eval.nearness_report)."""
+    on_target = ev.TargetSamples(run, n, seed, None)
+    comps = ev.baseline_compositions(run, train_rows)
+    targets = len(set(val.targets) - {""})
+    near = ev.nearness_report(val, train_rows, on_target, seed, min_peptides=1, max_targets=targets)
+    return {"generation": ev.generation_report(run, val, train_rows, on_target, comps, seed, max_targets=targets),
+            "nearness": {"targets": len(near), "novel (median)": float(np.median([m["novel"] for m in near.values()])),
+                         "nearer by 2 SE": sum(m["nearer"] > 2 * m["nearer_se"] for m in near.values()),
+                         "nearer (mean)": float(np.mean([m["nearer"] for m in near.values()])),
+                         "data nearer (mean)": float(np.mean([m["data_nearer"] for m in near.values()]))}}
 
 
 def format_report(name: str, rep: dict) -> str:
-    out = [f"{name}: {rep['score']['targets']} targets, {rep['data']}"]
+    out = [f"{name}: {len(rep['score']['targets'])} targets, {rep['data']}, guidance "
+           f"{rep['guidance']:g}, score mix {rep['score']['score_mix']:g}"]
     for negatives in ("background", "other_targets", "shuffles"):
-        r = rep["score"][negatives]
+        r = rep["score"]["weighted"][negatives]
         auroc = lambda k: f"{r[k]['auroc']:.3f} [{r[k]['interval'][0]:.3f}, {r[k]['interval'][1]:.3f}]"
         out.append(f"  vs {negatives:14} model {auroc('model')}  composition {auroc('composition')}  nearest "
                    f"{auroc('nearest')}  model - composition {ev.auroc_difference(r['difference']['composition'])}  "
-                   f"model - nearest {ev.auroc_difference(r['difference']['nearest'])}")
-    if "samples" in rep:
-        s = rep["samples"]
-        out.append(f"  samples: novel (under {ev.NOVEL_IDENTITY:.0%} identity to the target's training peptides, "
+                   f"model - nearest {ev.auroc_difference(r['difference']['nearest'])}  (background ratio "
+                   f"{r['background ratio']['auroc']:.3f}, target ratio {r['target ratio']['auroc']:.3f})")
+    if rep.get("generation"):
+        out.append(ev.format_generation(rep["generation"]))
+    if rep.get("nearness"):
+        s = rep["nearness"]
+        out.append(f"  samples: novel (under {mc.NOVEL_IDENTITY:.0%} identity to the target's training peptides, "
                    f"median over targets) {s['novel (median)']:.2f}; nearer their target's held-out peptides than "
                    f"other targets' samples by 2 SE: {s['nearer by 2 SE']}/{s['targets']} targets (mean gap "
                    f"{s['nearer (mean)']:+.2f}; the training peptides' {s['data nearer (mean)']:+.2f})")
@@ -129,7 +127,8 @@ def main(argv=None):
     p.add_argument("--background", type=int, default=1000, help="held-out background rows")
     p.add_argument("--draws", type=int, default=mc.DEFAULT_SCORE_DRAWS)
     p.add_argument("--shuffles", type=int, default=3, help="shuffles of each held-out peptide")
-    p.add_argument("--samples", type=int, default=50, help="samples per held-out target (0: none)")
+    p.add_argument("--samples", type=int, default=100, help="samples per held-out target (0: none); the first "
+                   f"{ev.SPECIFICITY_KEEP} novel ones are judged")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--eval-only", action="store_true", help="evaluate the run trained before")
     args = p.parse_args(argv)
@@ -149,13 +148,15 @@ def main(argv=None):
         if not args.eval_only:
             mc.train(cfg, run_dir, resume=True, progress=False)
         run = mc.load_run(run_dir, checkpoint=args.checkpoint)
-        train_rows = mc.subset_rows(rows, train_idx)
+        train_rows, val = mc.subset_rows(rows, train_idx), heldout_rows(held, background)
         rep = {"settings": {**overrides, "preset": args.preset, "checkpoint": args.checkpoint, "draws": args.draws},
+               "guidance": mc.run_guidance(run), "tuning": {k: v for k, v in run.tuning.items() if "grid" not in k},
                "data": {"rows": len(rows.labels), "training rows": len(train_idx), "held-out peptides":
                         sum(map(len, held.values())), "held-out background": len(background)},
-               "score": score_report(run, train_rows, held, background, args.shuffles, args.draws, args.seed)}
+               "score": ev.score_auroc_report(run, val, train_rows, args.seed, max_rows=None, draws=args.draws,
+                                              min_positives=1, max_targets=None, shuffles=args.shuffles)}
         if args.samples:
-            rep["samples"] = sample_report(run, train_rows, held, args.samples, args.seed)
+            rep.update(generation_reports(run, train_rows, val, args.samples, args.seed))
         rep["seconds"] = round(time.time() - t0, 1)
     except mc.DataError as e:
         mc.log(f"error: {e}")

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-import mimir_eval as al
+import mimir_core as al
 
 
 def slow_smith_waterman(a, b, go=al.GAP_OPEN, ge=al.GAP_EXTEND):

@@ -259,3 +259,19 @@ def test_generate_stops_quietly_when_its_reader_does(fast_run):
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 0 and "rror" not in err and "Exception" not in err, err
     assert "200000/200000" not in err                           # it stopped: the bar never reached the end
+
+
+def test_score_stops_quietly_when_its_reader_does(fast_run, tmp_path):
+    """`score --input FILE | head -1` with 20,000 peptides (5 batches): the reader closes the pipe during the
+    first batch's rows, score stops there without an error."""
+    letters = mc.load_run(fast_run).vocab.letters
+    path = tmp_path / "many.txt"
+    path.write_text("".join("".join(p) + "\n" for p in itertools.islice(itertools.product(letters, repeat=6), 20_000)))
+    argv = [sys.executable, str(mc.REPO_DIR / "mimir_core.py"), "score", "--run-name", fast_run.name,
+            "--checkpoint-dir", str(fast_run.parent), "--input", str(path), "--device", "cpu"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "\t".join(mc.SCORE_COLUMNS) + "\n"
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and "rror" not in err and "Exception" not in err, err
+    assert "20000/20000" not in err                             # it stopped: the bar never reached the end

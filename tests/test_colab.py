@@ -143,8 +143,9 @@ class Session:
             nb.cells.insert(train, nbformat.v4.new_code_cell(KILL.format(step=self.kill_at_step)))
         return nb
 
-    def run_all(self, **settings) -> "Result":
-        """Runtime > Run all: the cells in order, stopping at the first error."""
+    def run_all(self, until: str | None = None, **settings) -> "Result":
+        """Runtime > Run all: the cells in order, stopping at the first error (with `until`, after the first
+        code cell that holds that text, as *Run before* on the next cell does)."""
         nb = self.notebook(settings)
         self.client.nb = nb
         texts, error = [], None
@@ -158,7 +159,7 @@ class Session:
             except DeadKernelError:
                 error = "DeadKernelError"
             texts += [cell_text(out) for out in cell.get("outputs", [])]
-            if error:
+            if error or (until is not None and until in cell.source):
                 break
         return Result("\n".join(texts), error)
 
@@ -279,6 +280,22 @@ def test_drive_data_and_a_disconnect_mid_training(colab, user_files):
     assert (colab.downloads / f"{run_dir.name}_model.zip").exists()
 
 
+def test_the_real_pairs_from_the_form(colab):
+    """DATA_SOURCE real_pepnn with the code already in the working folder: the data step loads the shipped PDB
+    pairs (no upload asked for) and describes them. Only the cells up to the data step run."""
+    code = colab.content / "mimir"
+    for name in repository_files():
+        (code / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, code / name)
+    colab.queue_uploads()                                     # no file dialog may open
+    with colab.kernel() as session:
+        run = session.run_all(until="colab.plot_lengths(rows)", DATA_SOURCE="real_pepnn")
+    assert run.error is None, run
+    assert f"Mimir code: {code}" in run.text
+    assert "26,761 rows: 25,000 background (label 0), 1,761 interacting (label 1) over 573 targets" in run.text, run
+    assert "most rows: C485 (93)" in run.text and no_flags(run.text)
+
+
 # --- the notebook's file: runtime, REPO_URL ---------------------------------------------------------
 
 
@@ -343,6 +360,32 @@ def test_a_run_knows_its_data_and_continues_only_on_them(fixture_csv, tmp_path):
     names = {mimir_colab.run_name_for("small", str(path)) for path in (fixture_csv, moved, other)}
     assert names == {f"colab_small_data_{mc.file_checksum(fixture_csv)[:8]}", f"colab_small_copy_{mc.file_checksum(moved)[:8]}",
                      f"colab_small_other_{mc.file_checksum(other)[:8]}"}
+
+
+def test_real_pairs_source_is_the_shipped_file(tmp_path, monkeypatch, capsys):
+    """DATA_SOURCE real_pepnn: the shipped PDB pairs (data/pepnn), in Colab or not, with a run name of its own;
+    training on them warns that targets whose only peptide fell in the held-out split cannot be learned."""
+    settings = next(c.source for c in jupytext.read(ROOT / "notebooks" / "train_colab.py").cells
+                    if "# @title Settings" in c.source)
+    assert re.search(r'^DATA_SOURCE = "demo"  # @param \["demo", "real_pepnn", "upload", "drive"\]$', settings, re.M)
+    for in_colab in (True, False):
+        path = mimir_colab.data_path("real_pepnn", "mimir/dataset.csv", False, tmp_path / "uploads", tmp_path / "drive",
+                                     in_colab)
+        assert path == str(mc.REAL_DATA) == str(ROOT / "data" / "pepnn" / "dataset.csv.gz") and Path(path).is_file()
+    assert not (tmp_path / "uploads").exists()
+    assert mimir_colab.run_name_for("small", path) == "colab_small_real_pepnn"
+    copy = tmp_path / "dataset.csv.gz"                          # the same file uploaded: named like any upload
+    shutil.copy(path, copy)
+    assert mimir_colab.run_name_for("small", str(copy)) == f"colab_small_dataset_{mc.file_checksum(copy)[:8]}"
+    rows = mc.load_rows(path)
+    assert len(set(rows.targets) - {""}) == 573
+    mc.split_for_training(rows, mc.make_config("small").val_fraction)
+    assert "target(s) have no training rows" in capsys.readouterr().err
+    with pytest.raises(mc.DataError, match="not one of demo, real_pepnn, upload, drive"):
+        mimir_colab.data_path("pepnn", "", False, tmp_path, tmp_path, True)
+    monkeypatch.setattr(mimir_colab, "REAL_DATA", tmp_path / "gone.csv.gz")
+    with pytest.raises(mc.DataError, match="missing from this copy of the Mimir code; fetch the code again"):
+        mimir_colab.data_path("real_pepnn", "", False, tmp_path, tmp_path, True)
 
 
 def test_an_upload_is_kept_from_its_bytes(tmp_path):

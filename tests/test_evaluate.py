@@ -31,7 +31,7 @@ def test_bound_equals_the_sum_of_its_terms_computed_by_hand(run):
     seqs = ["ACDEFGHIK", "WWYYP", "MKLVVVTTSRRA"]
     x0 = torch.from_numpy(run.vocab.encode(seqs)).long()
     label, target = torch.tensor([1, 0, 1]), torch.tensor([1, 0, 2])
-    got = mc.heldout_bound_nats(run, x0, label, target, torch.Generator().manual_seed(7))
+    got = mc.heldout_bound_nats(run.model, run.diffusion, x0, label, target, torch.Generator().manual_seed(7))
 
     d, Q, Qbar = run.diffusion, run.diffusion.Q.double().numpy(), run.diffusion.Qbar.double().numpy()
     g = torch.Generator().manual_seed(7)                # the same draws of x_t, in the same order

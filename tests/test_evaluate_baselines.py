@@ -173,8 +173,8 @@ def test_bound_averages_its_noise_draws_and_scores_shuffled_peptides(trained_run
     x0 = torch.from_numpy(run.vocab.encode(["ACDEFGHIK", "WWYYP"])).long()
     label, target = torch.tensor([1, 0]), torch.tensor([1, 0])
     g = torch.Generator().manual_seed(3)
-    one = [mc.heldout_bound_nats(run, x0, label, target, g) for _ in range(3)]
-    three = mc.heldout_bound_nats(run, x0, label, target, torch.Generator().manual_seed(3), n_draws=3)
+    one = [mc.heldout_bound_nats(run.model, run.diffusion, x0, label, target, g) for _ in range(3)]
+    three = mc.heldout_bound_nats(run.model, run.diffusion, x0, label, target, torch.Generator().manual_seed(3), n_draws=3)
     assert torch.allclose(three, sum(one) / 3, atol=1e-5) and not torch.allclose(one[0], one[1])
     # shuffled: a peptide of one letter is its own shuffle, so with the same noise its bits are the same
     rows = hand_rows([(1, "P11111", "KKKKKKK"), (0, "", "ACDEFGHIK")])

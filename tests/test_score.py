@@ -1,7 +1,10 @@
 """Scoring a user's peptides, variants of a known peptide, templates: the functions, the report, the CLI."""
+import contextlib
+import io
 import random
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +57,10 @@ def test_scores_are_deterministic_per_seed_and_do_not_depend_on_order_or_batch(r
     assert [r["peptide"] for r in first] == peptides
     assert mc.score(run, peptides, "P11111", seed=0) == first
     scores = np.array([r["score"] for r in first])
+    mix = mc.run_score_mix(run)
     for r in first:
-        assert r["score"] == pytest.approx(r["background_bits"] - r["condition_bits"])
+        assert r["score"] == pytest.approx(mix * (r["background_bits"] - r["condition_bits"])
+                                           + (1 - mix) * (r["any_target_bits"] - r["condition_bits"]))
         assert r["condition_bits"] > 0 and r["background_bits"] > 0 and r["length"] == len(r["peptide"])
     reversed_scores = [r["score"] for r in mc.score(run, peptides[::-1], "P11111", seed=0, batch_size=7)][::-1]
     assert np.allclose(reversed_scores, scores, atol=1e-3)
@@ -154,22 +159,166 @@ def test_cli_prints_the_table_in_input_order_and_names_bad_lines(run, trained_ru
     rows = [ln.split("\t") for ln in proc.stdout.splitlines()]
     assert rows[0] == list(mc.SCORE_COLUMNS) + ["skipped"]
     assert [r[0] for r in rows[1:]] == [p.upper() for p in lines]
-    assert rows[3][1:5] == ["", "", "", ""] and rows[3][5] == "line 3: '*' at position 3 is not a residue letter"
-    assert rows[5][1:5] == ["", "", "", ""] and rows[5][5] == "line 5: length 3 outside 4-20"
+    assert rows[3][1:6] == [""] * 5 and rows[3][6] == "line 3: '*' at position 3 is not a residue letter"
+    assert rows[5][1:6] == [""] * 5 and rows[5][6] == "line 5: length 3 outside 4-20"
     valid = [1, 2, 4, 6]
     expected = mc.score(run, [lines[i - 1] for i in valid], "P11111")
     assert [float(rows[i][1]) for i in valid] == pytest.approx([r["score"] for r in expected], abs=2e-3)
-    assert all(rows[i][4] == str(len(lines[i - 1])) and rows[i][5] == "" for i in valid)
+    assert all(rows[i][5] == str(len(lines[i - 1])) and rows[i][6] == "" for i in valid)
     assert "skipped 2 of 6" in proc.stderr
 
 
 def test_format_scores_ranks_best_first_and_keeps_skipped_rows_last():
-    results = [{"peptide": "AAAA", "score": 1.0, "condition_bits": 9.0, "background_bits": 10.0, "length": 4},
+    results = [{"peptide": "AAAA", "score": 1.0, "condition_bits": 9.0, "background_bits": 10.0,
+                "any_target_bits": 9.5, "length": 4},
                {"peptide": "A1", "skipped": "line 2: bad"},
-               {"peptide": "CCCC", "score": 3.5, "condition_bits": 7.0, "background_bits": 10.5, "length": 4}]
+               {"peptide": "CCCC", "score": 3.5, "condition_bits": 7.0, "background_bits": 10.5,
+                "any_target_bits": 8.25, "length": 4}]
     ranked = mc.format_scores(results, ranked=True).splitlines()
     assert [ln.split("\t")[0] for ln in ranked] == ["peptide", "CCCC", "AAAA", "A1"]
-    assert ranked[1].split("\t")[1:5] == ["3.500", "7.000", "10.500", "4"]
+    assert ranked[1].split("\t")[1:] == ["3.500", "7.000", "10.500", "8.250", "4", ""]
+    assert ranked[3].split("\t")[1:] == ["", "", "", "", "", "line 2: bad"]
+
+
+# --- score on the command line: large inputs in batches, each printed as it is scored ------------
+
+
+class StdoutSpy(io.StringIO):
+    """A stdout that keeps what is written and notes each write in a list of events shared with a spy."""
+
+    def __init__(self, events):
+        super().__init__()
+        self.events = events
+
+    def write(self, text):
+        self.events.append("write")
+        return super().write(text)
+
+
+class LineCounter(io.TextIOBase):
+    """A stdout that keeps nothing but the number of lines written."""
+    lines = 0
+
+    def write(self, text):
+        self.lines += text.count("\n")
+        return len(text)
+
+    def getvalue(self):
+        return ""
+
+
+@pytest.fixture
+def score_spy(monkeypatch):
+    """The events of a command: 'score' for each call of mc.score, 'write' for each write to stdout."""
+    events, score = [], mc.score
+
+    def spying_score(*args, **kwargs):
+        events.append("score")
+        return score(*args, **kwargs)
+    monkeypatch.setattr(mc, "score", spying_score)
+    return events
+
+
+def score_in_process(trained_run, *argv, stdout=None, stdin=None, monkeypatch=None) -> tuple[int, str, str]:
+    """`score` for P11111 through mc.main in this process: (exit code, stdout, stderr)."""
+    out, err, code = stdout or io.StringIO(), io.StringIO(), 0
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            mc.main(["score", "--run-name", trained_run.name, "--checkpoint-dir", str(trained_run.parent),
+                     "--target", "P11111", *map(str, argv)])
+        except SystemExit as e:
+            code = e.code or 0
+    return code, out.getvalue(), err.getvalue()
+
+
+def random_peptides(letters: str, n: int, seed: int = 0) -> list:
+    rng = random.Random(seed)
+    return ["".join(rng.choices(letters, k=rng.randint(mc.MIN_LEN, mc.MAX_LEN))) for _ in range(n)]
+
+
+def assert_same_table(text: str, expected: str):
+    """The same header, peptides, lengths and skipped reasons; figures equal to the last printed digit, give
+    or take one (a float sum over other batch-mates may round the other way)."""
+    rows, want = [[ln.split("\t") for ln in t.splitlines()] for t in (text, expected)]
+    assert len(rows) == len(want) and rows[0] == want[0]
+    length = mc.SCORE_COLUMNS.index("length")              # the figures lie between the peptide and its length
+    figures = lambda row: [float(c) for c in row[1:length] if c]
+    for got, expect in zip(rows[1:], want[1:]):
+        assert [got[0]] + got[length:] == [expect[0]] + expect[length:]
+        assert figures(got) == pytest.approx(figures(expect), abs=1.5e-3)
+
+
+def test_cli_scores_a_large_file_batch_by_batch_printing_each_as_it_is_scored(run, trained_run, tmp_path,
+                                                                               score_spy, monkeypatch):
+    """9,000 peptides in batches of 2,000: the table of scoring them in one go, its first rows written
+    before the second batch is scored, and a progress bar on stderr."""
+    peptides = random_peptides(run.vocab.letters, 9000)
+    path = tmp_path / "many.txt"
+    path.write_text("\n".join(peptides) + "\n")
+    monkeypatch.setattr(mc, "SCORE_BATCH", 2000)
+    code, out, err = score_in_process(trained_run, "--input", path, stdout=StdoutSpy(score_spy))
+    assert code == 0, err
+    assert score_spy.count("score") == 5 and score_spy[:3] == ["score", "write", "write"]   # header, batch 1
+    assert "9000/9000" in err
+    assert_same_table(out, mc.format_scores(mc.score(run, peptides, "P11111")) + "\n")
+
+
+def test_cli_reports_every_bad_line_before_scoring_any(trained_run, tmp_path, score_spy, monkeypatch):
+    """A bad line in the last batch still stops the command before the first batch is scored or printed."""
+    monkeypatch.setattr(mc, "SCORE_BATCH", 2)
+    path = tmp_path / "bad.txt"
+    path.write_text("PPLPACDKE\nAC*DE\nKRSWSKPLE\nGGWWMNPQ\nMKTAYIAK\nACD\n")
+    code, out, err = score_in_process(trained_run, "--input", path)
+    assert code == 2 and out == "" and score_spy == [] and "Traceback" not in err
+    assert "2 problem(s) in 2 line(s)" in err and "line 2: '*' at position 3" in err and "line 6: length 3" in err
+    assert "--skip-invalid" in err
+    path.write_text("\n  \n")
+    code, out, err = score_in_process(trained_run, "--input", path)
+    assert code == 2 and out == "" and f"error: {path}: no peptides" in err
+    code, out, err = score_in_process(trained_run, stdin="", monkeypatch=monkeypatch)
+    assert code == 2 and out == "" and "error: standard input: no peptides" in err
+
+
+def test_cli_skip_invalid_rows_keep_input_order_across_batches_from_a_file_or_stdin(run, trained_run, tmp_path,
+                                                                                    score_spy, monkeypatch):
+    """Batches of 3 with a batch of bad lines only: a row per line in input order, the same from a file as
+    from standard input (which is read once)."""
+    monkeypatch.setattr(mc, "SCORE_BATCH", 3)
+    lines = ["PPLPACDKE", "AC*DE", "acdefghik", "ACD", "KL1MN", "AC DE", "KRSWSKPLE", "GGWWMNPQ"]
+    path = tmp_path / "some.txt"
+    path.write_text("\n".join(lines) + "\n")
+    code, out, err = score_in_process(trained_run, "--input", path, "--skip-invalid")
+    assert code == 0 and "8/8" in err and "skipped 4 of 8" in err and score_spy.count("score") == 3
+    valid = iter(mc.score(run, [p for p in lines if not mc.peptide_problem(p.upper(), run.vocab.letters)], "P11111"))
+    expected = [next(valid) if not (why := mc.peptide_problem(p.upper(), run.vocab.letters))
+                else {"peptide": p.upper(), "skipped": f"line {i}: {why}"} for i, p in enumerate(lines, start=1)]
+    assert_same_table(out, mc.format_scores(expected) + "\n")
+    assert [row.split("\t")[0] for row in out.splitlines()[1:]] == [p.upper() for p in lines]
+    scored_before = score_spy.count("score")
+    from_stdin = score_in_process(trained_run, "--skip-invalid", stdin="\n".join(lines) + "\n", monkeypatch=monkeypatch)
+    assert from_stdin[:2] == (0, out) and "skipped 4 of 8" in from_stdin[2]
+    assert score_spy.count("score") == scored_before + 3
+
+
+def test_cli_holds_a_batch_of_a_file_at_a_time(trained_run, tmp_path, monkeypatch):
+    """100,000 peptides (a stand-in score, so only the reading and printing are measured): the Python heap
+    holds a batch or so, not the input (its entries alone took 15 MB)."""
+    path = tmp_path / "many.txt"
+    path.write_text("\n".join(random_peptides(mc.RESIDUES, 100_000)) + "\n")
+    figures = dict.fromkeys(mc.SCORE_COLUMNS[1:-1], 0.0)
+    monkeypatch.setattr(mc, "score", lambda run, peptides, *args: [{"peptide": p, **figures, "length": len(p)}
+                                                                    for p in peptides])
+    out = LineCounter()
+    tracemalloc.start()
+    try:
+        code, _, err = score_in_process(trained_run, "--input", path, stdout=out)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert code == 0, err
+    assert out.lines == 100_001 and peak < 5e6, f"peak Python heap {peak / 1e6:.1f} MB"
 
 
 # --- is the score worth anything? evaluate's AUROC report --------------------------------------
@@ -199,7 +348,7 @@ def test_evaluate_reports_score_auroc_per_target_beside_composition_and_nearest_
             for scorer in ("model", "composition", "nearest"):
                 lo, hi = r[scorer]["interval"]
                 assert 0 <= lo <= r[scorer]["auroc"] <= hi <= 1
-            assert set(r["difference"]) == {"composition", "nearest"}
+            assert set(r["difference"]) == {"composition", "nearest", "background ratio", "target ratio"}
         assert sets["background"]["model"]["auroc"] > 0.7, (target, sets)   # the fixture's targets are easy
         assert abs(sets["shuffles"]["composition"]["auroc"] - 0.5) < 0.1  # a shuffle has its peptide's composition
         assert sets["shuffles"]["negatives"] == sets["shuffles"]["positives"] * auroc["shuffles"]
@@ -211,6 +360,7 @@ def test_evaluate_reports_score_auroc_per_target_beside_composition_and_nearest_
     text = ev.format_report(report).split("Score ranking")[1]
     assert all(t in text for t in FIXTURE_MOTIFS) and "composition" in text and "nearest" in text
     assert "WEIGHTED        other targets" in text and "model - nearest" in text
+    assert "background ratio" in text and "target ratio" in text            # each part of the score, measured
 
 
 def test_weighted_auroc_weighs_targets_by_their_positives():

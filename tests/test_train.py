@@ -33,9 +33,28 @@ def test_run_directory_holds_everything(fixture_csv, tmp_path):
     assert steps[0] == "step,epoch,lr,ce,vb,loss" and len(steps) == 1 + summary["step"]
     hist = json.loads((run / "history.json").read_text())
     assert [e["epoch"] for e in hist["epochs"]] == [1, 2]
-    assert {"train_ce", "train_vb", "val_ce", "val_vb", "val_loss"} <= set(hist["epochs"][0])
-    best = mc.load_checkpoint(run / "best.pt")
-    assert best["best_val"] == min(e["val_loss"] for e in hist["epochs"])
+    assert {"train_ce", "train_vb", "val_ce", "val_vb", "val_loss", "val_binder_bits"} <= set(hist["epochs"][0])
+    best = mc.load_checkpoint(run / "best.pt")       # chosen by the held-out binders' bound, not the overall loss
+    assert best["best_by"] == "binder_bits" and summary["best_by"] == "binder_bits"
+    assert best["best_val"] == min(e["val_binder_bits"] for e in hist["epochs"])
+    assert best["step"] == min(hist["epochs"], key=lambda e: e["val_binder_bits"])["step"]
+
+
+def test_best_checkpoint_follows_the_binders_not_the_background(fixture_csv, tmp_path):
+    """The held-out loss is mostly background's; best.pt follows the label-1 rows' bound, which the history
+    keeps beside the overall figures, computed on held-out binders of trained targets only."""
+    trainer = mc.Trainer(tiny(fixture_csv, epochs=3), tmp_path / "run")
+    val = trainer.val_data
+    rows = trainer.binder_rows.tolist()
+    assert rows and all(val.label[i] == 1 for i in rows)
+    assert len(rows) == int((val.label == 1).sum())               # every fixture target has training rows
+    bits = mc.heldout_binder_bits(trainer.model, trainer.diffusion, val, trainer.binder_rows)
+    again = mc.heldout_binder_bits(trainer.model, trainer.diffusion, val, trainer.binder_rows.flip(0))
+    assert bits == pytest.approx(again, rel=1e-6) and bits > 4.3         # fixed per-peptide noise; untrained: worse than uniform
+    trainer.run(progress=False)
+    hist = trainer.history
+    assert hist[-1]["val_binder_bits"] < bits                      # it learns the binders
+    assert mc.heldout_binder_bits(trainer.model, trainer.diffusion, val, trainer.binder_rows[:0]) is None
 
 
 def test_max_steps_and_epochs_stop_at_whichever_comes_first(fixture_csv, tmp_path):
