@@ -1,6 +1,6 @@
 """Mimir's evaluation: how good is a trained run, against what it must beat?
 
-    python mimir_eval.py --run-name NAME [--checkpoint-dir DIR] [--data CSV] [-n 1000] [--guidance 0 [S ...]]
+    python mimir_eval.py --run-name NAME [--checkpoint-dir DIR] [--data CSV] [-n 1000] [--guidance S [S ...]]
                          [--motifs JSON] [--noise-draws 16] [--seed 0] [--checkpoint best|last] [--device auto]
 
 Every verdict compares the model with a baseline matched to the same condition, on the same peptides,
@@ -11,9 +11,10 @@ Map (top to bottom):
   Statistics      ratio_and_se, rate_ratio, mean_gap, verdict, js_divergence, paired_auroc (plain numpy)
   Peptide figures composition, lengths, shuffles, motif order, residue-pair (k-mer) order, charge, hydropathy
   Baselines       each condition's training composition (composition_bits), matched random peptides,
-                  composition log-odds
-  Reports         likelihood_report, sampling_report (samples, k-mer order, label and motif conditioning),
-                  score_auroc_report; evaluate() and guidance_sweep() run them and write JSON
+                  composition log-odds, known binders mutated by hand (mutated_binders)
+  Reports         likelihood_report, sampling_report (samples, k-mer order, label and motif conditioning,
+                  the targets' samples beside mutated binders: generation_report), score_auroc_report;
+                  evaluate() and guidance_sweep() run them and write JSON
   Metrics         METRICS: the headline figures, each read from a report in one place
   Text and plots  format_report, format_guidance_sweep, metrics_table, plot_evaluation
   Command line    main()
@@ -448,7 +449,8 @@ def peptide_bits(run: Run, rows: Rows, generator=None, n_draws: int = 1, shuffle
     label, target_id = torch.from_numpy(rows.labels), torch.from_numpy(run.vocab.target_ids(rows.targets))
     if shuffle_rng is None:
         x0 = torch.from_numpy(run.vocab.encode(rows.sequences))
-        return heldout_bound_nats(run.model, run.diffusion, x0, label, target_id, generator, n_draws=n_draws).numpy() / math.log(2)
+        nats = heldout_bound_nats(run.model, run.diffusion, x0, label, target_id, generator, n_draws=n_draws)
+        return nats.numpy() / math.log(2)
     shuffled = lambda: Rows(rows.path, rows.labels, rows.targets, shuffle_residues(rows.sequences, shuffle_rng),
                             rows.sources, rows.lines)
     return np.mean([peptide_bits(run, shuffled(), generator) for _ in range(n_draws)], axis=0)
@@ -649,8 +651,8 @@ def specificity_report(made_by: dict, held: dict, trained: dict, keep: int = SPE
     for name in others:
         a, b = out["generators"][first]["per_target"], out["generators"][name]["per_target"]
         paired = np.array([a[t] - b[t] for t in a if t in b])
-        out["difference"][name] = {"value": float(paired.mean()) if len(paired) else None,
-                                   "se": float(paired.std(ddof=1) / math.sqrt(len(paired))) if len(paired) > 1 else None}
+        se = float(paired.std(ddof=1) / math.sqrt(len(paired))) if len(paired) > 1 else None
+        out["difference"][name] = {"value": float(paired.mean()) if len(paired) else None, "se": se}
     out["targets"] = len(out["generators"][first]["per_target"])
     return out
 
@@ -664,8 +666,9 @@ def generation_baselines(run: Run, trained: dict, targets: list, comps: dict, n:
     rng = np.random.default_rng(seed)
     substitutions = substitution_probs(condition_composition(comps, 0))
     composition_of = lambda t: standard_composition(condition_composition(comps, 1, t))
+    lengths_of = lambda t: length_probs(run, 1, t, MIN_LEN, MAX_LEN)
     return {"mutated binders": {t: mutated_binders(trained[t], n, substitutions, rng) for t in targets},
-            "composition": {t: random_peptides(n, composition_of(t), length_probs(run, 1, t, MIN_LEN, MAX_LEN), seed + k)
+            "composition": {t: random_peptides(n, composition_of(t), lengths_of(t), seed + k)
                             for k, t in enumerate(targets)}}
 
 def generation_report(run: Run, val: Rows, train_rows: Rows | None, on_target: TargetSamples, comps: dict, seed: int,
@@ -914,7 +917,8 @@ def _generation(report: dict, read) -> str:
 
 
 def _specificity(name: str):
-    return lambda r: _generation(r, lambda g: plus_minus(g["generators"][name]["specificity"], g["generators"][name]["se"]))
+    figure = lambda g: plus_minus(g["generators"][name]["specificity"], g["generators"][name]["se"])
+    return lambda r: _generation(r, figure)
 
 
 def _weighted_auroc(report: dict, negatives: str, scorer: str) -> str:
@@ -1004,8 +1008,8 @@ def format_summary(report: dict) -> str:
 
 def format_guidance_sweep(reports: list) -> str:
     """One row per guidance value of guidance_sweep's reports: the METRICS that guidance can change."""
-    return metrics_table(("guidance",), [((f"{r['guidance']:g}" + (" (the run's)" if r.get("tuned_guidance") else ""),), r)
-                                         for r in reports], sweep=True)
+    name = lambda r: f"{r['guidance']:g}" + (" (the run's)" if r.get("tuned_guidance") else "")
+    return metrics_table(("guidance",), [((name(r),), r) for r in reports], sweep=True)
 
 
 def format_score_auroc(report: dict) -> str:
@@ -1018,7 +1022,7 @@ def format_score_auroc(report: dict) -> str:
     if not report.get("targets"):
         return "\n".join(out + [f"  nothing to score: {report.get('note', 'no target with enough held-out rows')}"])
     out.append(f"  {'target':16}{'against':15}{'pos':>5}{'neg':>6}  {'model':21}{'composition':21}{'nearest':21}"
-               f"{'model - composition':41}model - nearest")
+               f"{'model - composition':43}model - nearest")
     rows = [(t, name, r) for t, sets in report["targets"].items() for name, r in sets.items()]
     rows += [("WEIGHTED", name, r) for name, r in report.get("weighted", {}).items()]
     for target, name, r in rows:
@@ -1026,11 +1030,12 @@ def format_score_auroc(report: dict) -> str:
                  ("model", "composition", "nearest")]
         out.append(f"  {target:16}{name.replace('_', ' '):15}{r['positives']:5}{r['negatives']:6}  "
                    + "".join(f"{c:21}" for c in cells)
-                   + "".join(f"{auroc_difference(r['difference'][k]):41}" for k in ("composition", "nearest")).rstrip())
+                   + "".join(f"{auroc_difference(r['difference'][k]):43}" for k in ("composition", "nearest")).rstrip())
     if report.get("weighted") and "target ratio" in next(iter(report["weighted"].values())):
         mix = report.get("score_mix", 1.0)
-        out.append(f"  the model's score is {mix:g} x its background ratio (bits under background - under the target) + "
-                   f"{1 - mix:g} x its target ratio (bits under any target - under the target); each part alone, WEIGHTED:")
+        out.append(f"  the model's score is {mix:g} x its background ratio (bits under background - under the target)"
+                   f" + {1 - mix:g} x its target ratio (bits under any target - under the target); each part alone, "
+                   f"WEIGHTED:")
         for name, r in report["weighted"].items():
             cells = [f"{k} {r[k]['auroc']:.3f} [{r[k]['interval'][0]:.2f}, {r[k]['interval'][1]:.2f}]"
                      for k in ("background ratio", "target ratio")]
@@ -1145,10 +1150,11 @@ def format_conditioning(cond: dict) -> str:
 
 def format_generation(generation: dict) -> str:
     """generation_report as text: each generator's specificity at matched novelty, and the model's verdicts."""
-    out = [f"Peptides for a target beside what a biologist would make by hand, at matched novelty ({generation['targets']} "
-           f"held-out targets; per target the first {generation['keep']} peptides under {NOVEL_IDENTITY:.0%} identity to "
-           f"its training binders): specificity = the chance that a peptide made for a target aligns better (BLOSUM62) "
-           f"to its held-out binders than one made for another target (0.5: chance), mean over targets ± SE; "
+    out = [f"Peptides for a target beside what a biologist would make by hand, at matched novelty "
+           f"({generation['targets']} held-out targets; per target the first {generation['keep']} peptides under "
+           f"{NOVEL_IDENTITY:.0%} identity to its training binders): specificity = the chance that a peptide made for "
+           f"a target aligns better (BLOSUM62) to its held-out binders than one made for another target (0.5: "
+           f"chance), mean over targets ± SE; "
            f"'mutated binders': known binders with BLOSUM62-weighted substitutions until novel; 'composition': "
            f"residues drawn from the target's training composition; novel / unique: of all it made; identity "
            f"between: of its kept peptides to each other",

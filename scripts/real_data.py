@@ -116,7 +116,8 @@ def format_report(name: str, rep: dict) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, help="Mimir CSV of real pairs plus background")
+    p.add_argument("--data", default=str(mc.REAL_DATA),
+                   help="Mimir CSV of real pairs plus background (default: the shipped PDB pairs, data/pepnn)")
     p.add_argument("--out", default="runs/real", help="folder for the split, the runs and their reports")
     p.add_argument("--name", default="base", help="this run's name (a folder under --out)")
     p.add_argument("--preset", default="small")

@@ -27,6 +27,7 @@ def test_preset_parameter_counts_match_the_guide():
     assert (out["small"]["epochs"], out["medium"]["epochs"], out["large"]["epochs"]) == (20, 75, 150)
     assert (out["small"]["n_steps"], out["medium"]["n_steps"], out["large"]["n_steps"]) == (10, 25, 35)
     assert out["tiny"]["params"] < out["small"]["params"]
+    assert all(out[name]["ema_decay"] == 0.999 for name in ("small", "medium", "large"))   # they sample with an EMA
 
 
 def test_train_then_generate_end_to_end(fixture_csv, tmp_path):

@@ -173,3 +173,23 @@ def test_the_evaluation_judges_target_samples_beside_mutated_binders_and_composi
     sweep = ev.format_guidance_sweep([{**report, "guidance": 0.0, "tuned_guidance": False},
                                       {**report, "guidance": 1.0, "tuned_guidance": True}])
     assert "| 1 (the run's) |" in sweep and "| 0 |" in sweep and "mutated known binders" in sweep
+
+
+def test_the_command_lines_score_takes_the_runs_mix_or_the_one_given(trained_run, tmp_path, capsys):
+    peptides = tmp_path / "p.txt"
+    peptides.write_text("PPLPAAAAKR\nRSWSKPAAGG\n")
+    args = ["score", "--run-name", trained_run.name, "--checkpoint-dir", str(trained_run.parent), "--target", "P11111",
+            "--input", str(peptides)]
+    column = lambda out: [float(line.split("\t")[1]) for line in out.strip().splitlines()[1:]]
+    mc.main(args)
+    own = column(capsys.readouterr().out)
+    assert own == pytest.approx([r["score"] for r in mc.score(trained_run, peptides.read_text().split(), "P11111")],
+                                abs=1e-3)
+    mc.main(args + ["--mix", "1"])
+    background_only = column(capsys.readouterr().out)
+    expected = [r["background_bits"] - r["condition_bits"] for r in mc.score(trained_run, ["PPLPAAAAKR", "RSWSKPAAGG"],
+                                                                               "P11111")]
+    assert background_only == pytest.approx(expected, abs=1e-3)
+    with pytest.raises(SystemExit) as stop:
+        mc.main(args + ["--mix", "1.5"])
+    assert stop.value.code == 2 and "--mix" in capsys.readouterr().err
