@@ -158,8 +158,8 @@ mc.INTERFACE = "notebook"      # messages name this form's settings, not command
 # ## 3. Runtime check
 # You should see your GPU and the precision training will use (T4: fp16 with a gradient scaler;
 # A100: bf16). "No GPU" means this runtime is CPU-only: the small preset still works, slowly (on the demo
-# with two CPU cores, about 9 minutes of training and 2 of evaluation); medium and large stop here unless
-# `ALLOW_CPU` is ticked. Switch with *Runtime > Change runtime type*.
+# with two CPU cores, about 8 minutes of training, half a minute of tuning and 3 of evaluation); medium
+# and large stop here unless `ALLOW_CPU` is ticked. Switch with *Runtime > Change runtime type*.
 
 # %%
 print(colab.runtime_info())
@@ -255,8 +255,9 @@ print(colab.sample_table(model, target=TARGET or model.vocab.targets[0], n=10, m
 # **Rank peptides you already have** (a library, a screen's hits, another tool's output) for a target:
 # paste them between the quotes, one per line, and set `SCORE_TARGET` (empty: the `TARGET` above). The
 # score is how many bits more the model believes a peptide for that target than as background or for
-# any other target (the run weighs the two as it tuned them): higher means more like the target's peptides. Left empty, the cell scores 8 peptides sampled for the target
-# and 8 sampled as background: a model that learned the target ranks most of its own first.
+# any other target (the run weighs the two as it tuned them): higher means more like the target's
+# peptides. Left empty, the cell scores 8 peptides sampled for the target and 8 sampled as background:
+# a model that learned the target ranks most of its own first.
 # `mc.score(..., draws=4)` gives steadier scores, four times slower.
 
 # %%
@@ -266,7 +267,8 @@ SCORE_TARGET = ""  # @param {type:"string"}
 
 score_target = SCORE_TARGET or TARGET or model.vocab.targets[0]
 candidates = CANDIDATES.split() or (
-    mc.generate(model, n=8, target=score_target, min_length=MIN_LENGTH, max_length=MAX_LENGTH, guidance=guidance)
+    mc.generate(model, n=8, target=score_target, min_length=MIN_LENGTH, max_length=MAX_LENGTH,
+                guidance=guidance)
     + mc.generate(model, n=8, label=0, min_length=MIN_LENGTH, max_length=MAX_LENGTH, seed=1))
 scores = mc.score(model, candidates, score_target)
 print(f"target {score_target}, best first:")
