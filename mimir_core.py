@@ -2700,12 +2700,12 @@ def pooled_composition(by_target: dict, targets: list, vocab: Vocab) -> np.ndarr
     return np.mean(comps, axis=0)
 
 
-def js_bits(p, q) -> float:
-    """Jensen-Shannon divergence of two compositions, in bits: 0 for equal ones, 1 for disjoint ones."""
-    p, q = np.asarray(p, float) + 1e-12, np.asarray(q, float) + 1e-12
-    p, q = p / p.sum(), q / q.sum()
+def js_divergence(p, q) -> float:
+    """Jensen-Shannon divergence in bits: 0 for equal distributions, 1 for disjoint ones."""
+    p, q = np.asarray(p, float) / np.sum(p), np.asarray(q, float) / np.sum(q)
     m = (p + q) / 2
-    return float((np.sum(p * np.log2(p / m)) + np.sum(q * np.log2(q / m))) / 2)
+    kl = lambda a: float(np.sum(a[a > 0] * np.log2(a[a > 0] / m[a > 0])))
+    return (kl(p) + kl(q)) / 2
 
 
 def guidance_figures(run: Run, guidance: float, validation: dict, targets: list, seed: int) -> dict:
@@ -2721,7 +2721,7 @@ def guidance_figures(run: Run, guidance: float, validation: dict, targets: list,
     per_target = specificity(kept, validation["binders"])
     return {"guidance": guidance, "specificity": float(np.mean(list(per_target.values()))), "per_target": per_target,
             "novel": float(np.mean(novel)), "unique": float(np.mean([len(set(m)) / len(m) for m in made.values()])),
-            "composition_js": js_bits(pooled_composition({t: k or made[t] for t, k in kept.items()}, targets, run.vocab),
+            "composition_js": js_divergence(pooled_composition({t: k or made[t] for t, k in kept.items()}, targets, run.vocab),
                                       pooled_composition(trained, targets, run.vocab))}
 
 
@@ -2767,7 +2767,7 @@ def tune_guidance(run: Run, validation: dict, seed: int = 0) -> dict:
         return {"guidance": DEFAULT_GUIDANCE, "why": f"only {len(targets)} target(s) have held-out binders (at least "
                 f"{MIN_TUNE_TARGETS} are needed to tune on): guidance stays {DEFAULT_GUIDANCE:g}", "grid": []}
     figures = [guidance_figures(run, g, validation, targets, seed) for g in GUIDANCE_GRID]
-    limit = js_bits(pooled_composition(validation["binders"], targets, run.vocab),
+    limit = js_divergence(pooled_composition(validation["binders"], targets, run.vocab),
                     pooled_composition(validation["trained"], targets, run.vocab))
     guidance, why = choose_guidance(figures, limit)
     return {"guidance": guidance, "why": why, "targets": len(targets), "composition_limit": limit, "grid": figures}

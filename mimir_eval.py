@@ -8,7 +8,7 @@ and carries its standard error (or a bootstrap interval); a difference within 2 
 distinguishable".
 
 Map (top to bottom):
-  Statistics      ratio_and_se, rate_ratio, mean_gap, verdict, js_divergence, paired_auroc (plain numpy)
+  Statistics      ratio_and_se, rate_ratio, mean_gap, verdict, paired_auroc (plain numpy)
   Peptide figures composition, lengths, shuffles, motif order, residue-pair (k-mer) order, charge, hydropathy
   Baselines       each condition's training composition (composition_bits), matched random peptides,
                   composition log-odds, known binders mutated by hand (mutated_binders)
@@ -36,14 +36,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mimir_core import (DEFAULT_SCORE_DRAWS, DEMO_DATA, DEMO_MOTIFS, GUIDANCE, MAX_DRAWS,
+from mimir_core import (BLOSUM62, BLOSUM62_INDEX, DEFAULT_SCORE_DRAWS, DEMO_DATA, DEMO_MOTIFS, GUIDANCE, MAX_DRAWS,
                         MAX_EVAL_SAMPLES, MAX_LEN, MIN_LEN, NOVEL_IDENTITY, PAD, RESIDUES, SEED, UNKNOWN_TARGET,
-                        BLOSUM62, BLOSUM62_INDEX, DataError, Rows, Run, Vocab, add_model_args, add_run_args, auroc_wins,
-                        best_identity, binders_by_target, local_alignment_scores,
-                        mixed_score, run_guidance, run_score_mix, nearest_neighbour_scores, novel_peptides, number_in,
-                        specificity,
-                        condition_bits, generate, heldout_bound_nats, heldout_subset, length_counts, length_probs,
-                        letter_counts, load_rows, load_run, log, pyplot, run_command, run_dir_arg, split_indices,
+                        DataError, Rows, Run, Vocab, add_model_args, add_run_args, auroc_wins, best_identity,
+                        binders_by_target, condition_bits, generate, heldout_bound_nats, heldout_subset,
+                        js_divergence, length_counts, length_probs, letter_counts, load_rows, load_run,
+                        local_alignment_scores, log, mixed_score, nearest_neighbour_scores, novel_peptides, number_in,
+                        pyplot, run_command, run_dir_arg, run_guidance, run_score_mix, specificity, split_indices,
                         subset_rows, summarize_problems, write_json)
 
 # =============================================================================================
@@ -86,13 +85,6 @@ def verdict(diff: float, se: float, below: str, above: str) -> str:
     if se is None or abs(diff) <= 2 * se:
         return "not distinguishable (within 2 SE)"
     return below if diff < 0 else above
-
-def js_divergence(p, q) -> float:
-    """Jensen-Shannon divergence in bits: 0 for equal distributions, 1 for disjoint ones."""
-    p, q = np.asarray(p, float) / np.sum(p), np.asarray(q, float) / np.sum(q)
-    m = (p + q) / 2
-    kl = lambda a: float(np.sum(a[a > 0] * np.log2(a[a > 0] / m[a > 0])))
-    return (kl(p) + kl(q)) / 2
 
 def auroc_bootstrap(scores: dict, n_pos: int, n_boot: int = 1000, seed: int = 0) -> tuple[dict, dict, int]:
     """AUROC of several scorers on the same rows (scores maps a scorer's name to its scores of the n_pos
