@@ -2641,7 +2641,8 @@ def score(run, peptides, target: str | None = None, label: int = 1, draws: int =
     scores = mixed_score(background, any_target, cond, mix if target_id != UNKNOWN_TARGET else 1.0)
     return [{"peptide": p, "score": x, "condition_bits": c, "background_bits": b, "any_target_bits": a,
              "length": len(p)}
-            for p, x, c, b, a in zip(peptides, scores.tolist(), cond.tolist(), background.tolist(), any_target.tolist())]
+            for p, x, c, b, a in zip(peptides, scores.tolist(), cond.tolist(), background.tolist(),
+                                     any_target.tolist())]
 
 
 SCORE_COLUMNS = ("peptide", "score", "condition_bits", "background_bits", "any_target_bits", "length")
@@ -2719,10 +2720,10 @@ def guidance_figures(run: Run, guidance: float, validation: dict, targets: list,
         kept[t], fraction = novel_peptides(made[t], trained[t], TUNE_KEEP)
         novel.append(fraction)
     per_target = specificity(kept, validation["binders"])
+    samples = pooled_composition({t: k or made[t] for t, k in kept.items()}, targets, run.vocab)
     return {"guidance": guidance, "specificity": float(np.mean(list(per_target.values()))), "per_target": per_target,
             "novel": float(np.mean(novel)), "unique": float(np.mean([len(set(m)) / len(m) for m in made.values()])),
-            "composition_js": js_divergence(pooled_composition({t: k or made[t] for t, k in kept.items()}, targets, run.vocab),
-                                      pooled_composition(trained, targets, run.vocab))}
+            "composition_js": js_divergence(samples, pooled_composition(trained, targets, run.vocab))}
 
 
 def guidance_guard(figures: dict, composition_limit: float) -> str | None:
@@ -2908,8 +2909,8 @@ def add_model_args(p):
 
 
 TRAIN_FLAGS = ("epochs", "max_steps", "batch_size", "lr", "seed", "device", "save_every_minutes", "dim", "n_layers",
-               "n_heads", "n_steps", "hybrid_coeff", "warmup", "cond_drop", "label1_repeat", "dropout", "rotary", "termini",
-               "ema_decay", "data", "compile", "precision", "cuda_graph")
+               "n_heads", "n_steps", "hybrid_coeff", "warmup", "cond_drop", "label1_repeat", "dropout", "rotary",
+               "termini", "ema_decay", "data", "compile", "precision", "cuda_graph")
 
 
 def cmd_train(args):
