@@ -143,6 +143,20 @@ def test_a_run_already_tuned_at_its_checkpoint_is_not_tuned_again(trained_run, m
     assert mc.tune_run(trained_run, {}) == json.loads(before)
 
 
+def test_a_run_tuned_by_another_version_of_the_tuning_is_tuned_again(trained_run, monkeypatch):
+    path = trained_run / mc.TUNING_FILE
+    before = path.read_text()
+    try:
+        path.write_text(json.dumps({**json.loads(before), "version": mc.TUNING_VERSION - 1}))
+        monkeypatch.setattr(mc, "tune_guidance", lambda *a, **k: {"guidance": 0.5, "why": "again", "grid": []})
+        monkeypatch.setattr(mc, "tune_score_mix", lambda *a, **k: {"score_mix": 0.5, "why": "again", "grid": []})
+        tuned = mc.tune_run(trained_run, {})
+        assert tuned["version"] == mc.TUNING_VERSION and tuned["guidance"] == 0.5
+        assert json.loads(path.read_text()) == tuned
+    finally:
+        path.write_text(before)                             # the shared run keeps its own tuning
+
+
 def test_the_command_line_generates_with_the_runs_own_guidance(trained_run, capsys):
     tuned = mc.load_run(trained_run).tuning["guidance"]
     args = ["generate", "--run-name", trained_run.name, "--checkpoint-dir", str(trained_run.parent), "-n", "20",
@@ -193,3 +207,17 @@ def test_the_command_lines_score_takes_the_runs_mix_or_the_one_given(trained_run
     with pytest.raises(SystemExit) as stop:
         mc.main(args + ["--mix", "1.5"])
     assert stop.value.code == 2 and "--mix" in capsys.readouterr().err
+
+
+def test_a_targets_peptides_take_the_lengths_of_its_known_binders(trained_run):
+    run = mc.load_run(trained_run)
+    run.stats = {**run.stats, "target_length_counts": {"P11111": [0] * 8 + [1, 0, 2] + [0] * 10}}
+    probs = mc.length_probs(run, 1, "P11111", mc.MIN_LEN, mc.MAX_LEN)       # two binders of 10, one of 8
+    assert probs[8] == pytest.approx(1 / 3) and probs[10] == pytest.approx(2 / 3)
+    assert {len(p) for p in mc.generate(run, 30, target="P11111")} == {8, 10}
+    label = np.array(run.stats["length_counts"]["1"], float)
+    outside = mc.length_probs(run, 1, "P11111", 12, 14)                 # none of its own there: the label's
+    assert np.allclose(outside[12:15], label[12:15] / label[12:15].sum())
+    assert mc.length_probs(run, 1, None, 4, 20) == pytest.approx(label / label.sum())
+    run.stats = {}
+    assert np.allclose(mc.length_probs(run, 1, "P11111", 6, 7)[6:8], 0.5)       # no data at all: uniform
