@@ -62,12 +62,16 @@ def tuning_summary(run: Run) -> str:
 
 
 def sample_table(run: Run, target: str | None = None, n: int = 10, min_length: int = MIN_LEN,
-                 max_length: int = MAX_LEN, guidance: float | None = None, seed: int = 0) -> str:
+                 max_length: int = MAX_LEN, guidance: float | None = None, seed: int = 0,
+                 binders: list | None = None) -> str:
     """n peptides for each condition side by side: interacting with any target, interacting with
-    `target` (when given), background. guidance None: the run's own (mimir_core.run_guidance)."""
+    `target` (when given), with a receptor known by its `binders` (when given; a run trained with
+    references), background. guidance None: the run's own (mimir_core.run_guidance)."""
     conditions = {"interacting, any target": dict(label=1)}
     if target:
         conditions[f"interacting with {target}"] = dict(target=target)
+    if binders:
+        conditions["with KNOWN_BINDERS' receptor"] = dict(binders=binders)
     conditions["background"] = dict(label=0)
     columns = {title: generate(run, n=n, min_length=min_length, max_length=max_length, guidance=guidance,
                                seed=seed + i, **condition) for i, (title, condition) in enumerate(conditions.items())}

@@ -12,6 +12,7 @@ Map (sections in the order data flows; nothing refers forward):
   Data          read and validate a CSV (load_rows), Vocab, the held-out split, data_stats, verify-data
   Similarity    BLOSUM62 local alignment, identity, novelty, specificity of peptides made for targets
   Model         X0Transformer: rotary attention over residue rows, conditioned on step, label, target
+                (and, with cfg.references, the target's known binders: ReferenceEncoder)
   Diffusion     D3PM: q(x_t | x0), posteriors, the training losses ce and vb, the variational bound
   Run folder    checkpoints (load, export), resume policy (which checkpoint, which config, same data)
   Training      lr schedule, optimizer, device-resident data, StepLog (per-step losses), Trainer
@@ -100,6 +101,9 @@ class Config:
     hybrid_coeff: float = 0.0       # loss = ce + hybrid_coeff * vb
     cond_drop: float = 0.1          # probability of dropping the condition (classifier-free guidance)
     label1_repeat: int = 8          # each epoch shows every label-1 training row this many times
+    references: int = 0             # known binders of its target each row reads (0: the target id alone)
+    id_drop: float = 0.0            # with references: how often the target id is hidden and they alone tell it
+    reference_attention: bool = False   # with references: the peptide's residues also attend to theirs
     # optimisation
     lr: float = 5e-4
     warmup: int = 500
@@ -150,6 +154,7 @@ def config_from_saved(saved: dict) -> Config:
     return Config(**{**LEGACY_SETTINGS, **saved})
 
 
+MAX_REFERENCES = 32                # known binders a row can read
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")     # the training step's precision on a GPU (the CPU trains in fp32)
 DEVICES = "auto, cpu, cuda, cuda:N"     # auto: CUDA when a GPU is visible, else the CPU
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
@@ -166,6 +171,8 @@ SETTING_RANGES = {
     "hybrid_coeff": (">= 0", lambda v: v >= 0),
     "cond_drop": ("in [0, 0.5) (the target is dropped with twice this probability)", lambda v: 0 <= v < 0.5),
     "label1_repeat": (">= 1", lambda v: v >= 1),
+    "references": (f"in [0, {MAX_REFERENCES}] (0: the target id alone)", lambda v: 0 <= v <= MAX_REFERENCES),
+    "id_drop": ("in [0, 1] (1: the references alone tell the target)", lambda v: 0 <= v <= 1),
     "ema_decay": ("in [0, 1) (0: no moving average)", lambda v: 0 <= v < 1),
     "lr": ("> 0", lambda v: v > 0),
     "warmup": (">= 0", lambda v: v >= 0),
@@ -330,6 +337,7 @@ CONTROLS = {
     "run_name": {"cli": "--run-name", "notebook": "RUN_NAME in the Settings"},
     "epochs": {"cli": "--epochs", "notebook": "EPOCHS in the Settings"},
     "allow_cpu": {"cli": "pass --device cpu", "notebook": "tick ALLOW_CPU in the Settings"},
+    "references": {"cli": "--references R", "notebook": "REFERENCES in the Settings"},
 }
 
 
@@ -1167,9 +1175,68 @@ def timestep_embedding(t, dim: int):
     return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
 
 
+class ReferenceEncoder(nn.Module):
+    """A target's known binders, refs (B, R, L) tokens, as one vector (B, dim) that joins the condition. Each
+    binder's residues are embedded (the model's own letter and position embeddings); a width-3 convolution
+    reads each run of three residues (a motif is a few residues in a row); the max over a binder's positions
+    says which stretches it holds; the mean over the binders given pools them. A row given none (all PAD)
+    gets 0: the condition of the id-only model."""
+
+    def __init__(self, dim: int, n_heads: int = 1, attention: bool = False):
+        super().__init__()
+        self.conv = nn.Conv1d(dim, dim, 3, padding=1)
+        self.out = nn.Linear(dim, dim, bias=False)
+        self.attention = ReferenceAttention(dim, n_heads) if attention else None
+
+    def forward(self, refs, tok_emb: nn.Embedding, pos_emb: nn.Embedding, packed: bool = False):
+        """(the pooled vector (B, dim), the memory ReferenceAttention reads, or None without attention)."""
+        B, R, L = refs.shape
+        flat = refs.reshape(B * R, L)
+        if packed:      # the CPU: each distinct binder once (a batch repeats them, and background rows read none)
+            flat, inverse = torch.unique(flat, dim=0, return_inverse=True)
+        is_residue = flat != PAD                                    # (N, L)
+        h = (tok_emb(flat) + pos_emb.weight[:L][None]) * is_residue[..., None]
+        h = F.gelu(self.conv(h.transpose(1, 2))).transpose(1, 2)    # (N, L, dim)
+        memory = (h, is_residue, inverse if packed else None, R) if self.attention is not None else None
+        h = h.masked_fill(~is_residue[..., None], -float("inf")).amax(1)
+        given = is_residue.any(1)                                   # (N,)
+        h = torch.where(given[:, None], h, 0.0)
+        if packed:
+            h, given = h[inverse], given[inverse]
+        pooled = h.view(B, R, -1).sum(1) / given.view(B, R).sum(1, keepdim=True).clamp_min(1)
+        return self.out(pooled), memory
+
+
+class ReferenceAttention(nn.Module):
+    """Each residue of the peptide attends to every residue of its row's known binders (their convolution
+    features from ReferenceEncoder), plus a learned empty slot for a row given none: the model can copy
+    what it reads, a motif at any offset, rather than a summary of it."""
+
+    def __init__(self, dim: int, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+        self.empty = nn.Parameter(torch.zeros(1, 1, 2 * dim))
+
+    def forward(self, x, memory, res: Residues):
+        feats, is_residue, inverse, R = memory              # feats (N, L_ref, D): each distinct binder on the CPU
+        kv = self.kv(feats)
+        if inverse is not None:
+            kv, is_residue = kv[inverse], is_residue[inverse]
+        B, L = res.shape
+        D, H = x.shape[-1], self.n_heads
+        kv = torch.cat([self.empty.expand(B, 1, -1), kv.reshape(B, -1, 2 * D)], 1)        # (B, 1 + R L_ref, 2D)
+        keep = torch.cat([is_residue.new_ones(B, 1), is_residue.reshape(B, -1)], 1)
+        k, v = (part.transpose(1, 2) for part in kv.view(B, kv.shape[1], 2, H, D // H).unbind(2))
+        q = res.unpack(self.q(x)).view(B, L, H, D // H).transpose(1, 2)                   # (B, H, L, D / H)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
+        return self.proj(res.pack(y.transpose(1, 2).reshape(B, L, D)))
+
+
 class X0Transformer(nn.Module):
-    """Predicts logits of x0 over the K residue letters (B, L, K) from (x_t, t, label, target).
-    The condition (step + label + target) is added to every position's embedding. Where a residue sits
+    """Predicts logits of x0 over the K residue letters (B, L, K) from (x_t, t, label, target[, refs]).
+    The condition (step + label + target + the target's known binders, with cfg.references) is added to
+    every position's embedding. Where a residue sits
     enters twice: rotary attention sees the offset between two residues (cfg.rotary), and each residue
     embeds its distance from the N-terminus and, with cfg.termini, from the C-terminus, which is where
     some motifs are anchored (a PDZ ligand ends in its last residue)."""
@@ -1182,6 +1249,9 @@ class X0Transformer(nn.Module):
         self.cterm_emb = nn.Embedding(MAX_LEN, cfg.dim) if cfg.termini else None   # ... from the C-terminus
         self.label_emb = nn.Embedding(3, cfg.dim)                   # background, interacting, unknown
         self.target_emb = nn.Embedding(num_targets, cfg.dim)        # 0 = unknown / none
+        self.ref_encoder = (ReferenceEncoder(cfg.dim, cfg.n_heads, cfg.reference_attention) if cfg.references
+                            else None)
+        self.ref_ln = nn.LayerNorm(cfg.dim) if cfg.references and cfg.reference_attention else None
         self.time_mlp = nn.Sequential(nn.Linear(cfg.dim, 4 * cfg.dim), nn.GELU(), nn.Linear(4 * cfg.dim, cfg.dim))
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.dim)
@@ -1199,11 +1269,15 @@ class X0Transformer(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def forward(self, xt, t, label, target_id):
+    def forward(self, xt, t, label, target_id, refs=None):
         pad_mask = xt != PAD                                        # (B, L)
         packed = xt.device.type == "cpu" if self.pack_residues is None else self.pack_residues
         res = Residues(pad_mask, packed)
         cond = self.time_mlp(timestep_embedding(t, self.dim)) + self.label_emb(label) + self.target_emb(target_id)
+        memory = None
+        if self.ref_encoder is not None and refs is not None:       # refs (B, R, L): the target's known binders
+            pooled, memory = self.ref_encoder(refs, self.tok_emb, self.pos_emb, packed)
+            cond = cond + pooled
         pos = torch.arange(xt.shape[1], device=xt.device)
         h = self.tok_emb(xt) + self.pos_emb(pos)[None] + cond[:, None, :]
         if self.cterm_emb is not None:                              # residues after this one: (B, L)
@@ -1214,8 +1288,10 @@ class X0Transformer(nn.Module):
         if self.rotary:
             turn = rotary_turn(self.rotary_cos, self.rotary_sin, res.positions(xt.device), xt.device)
         attn_mask = pad_mask[:, None, None, :]                      # residues never attend to PAD
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             h = block(h, attn_mask, res, turn)
+            if i == 0 and memory is not None:                       # after one layer of context: read the binders
+                h = h + self.ref_encoder.attention(self.ref_ln(h), memory, res)
         return res.unpack(self.head(self.ln_f(h)))                  # (B, L, K); PAD positions hold 0
 
 
@@ -1287,9 +1363,11 @@ class D3PM:
         unnorm = self.Q[t[:, None], :, xtr] * prev_probs                   # Q[t][j, x_t] for every j
         return unnorm / unnorm.sum(-1, keepdim=True).clamp_min(1e-30)
 
-    def losses(self, model, x0, label, target_id, generator=None, part=slice(None), precision: str = "auto"):
+    def losses(self, model, x0, label, target_id, generator=None, part=slice(None), precision: str = "auto",
+               refs=None):
         """Training losses for a batch of clean tokens x0 (B, L): ce of the x0 prediction and vb, the KL
-        between true and predicted posteriors, both averaged over residue positions (PAD excluded).
+        between true and predicted posteriors, both averaged over residue positions (PAD excluded). refs
+        (B, R, L): each row's target's known binders (None: the model reads the target id alone).
         `part` picks the rows this process scores: data-parallel ranks draw the noise of the whole batch
         and divide by its residue count, so their summed gradients equal a single process's. `precision`: the
         model's forward pass (autocast)."""
@@ -1297,9 +1375,10 @@ class D3PM:
         t = torch.randint(1, self.T + 1, (x0.shape[0],), device=x0.device, generator=generator)
         xt, xtr = self.q_sample(x0, t, generator)
         x0, xt, xtr, t, label, target_id = (v[part] for v in (x0, xt, xtr, t, label, target_id))
+        refs = None if refs is None else refs[part]
         pad_mask, x0r = x0 != PAD, (x0.long() - 1).clamp_min(0)
-        with autocast(x0.device, precision):
-            logits = model(xt, t, label, target_id)
+        with autocast(x0.device, precision):            # (a model that reads no references takes four inputs)
+            logits = model(xt, t, label, target_id) if refs is None else model(xt, t, label, target_id, refs)
         ce, vb = self.ce_and_vb(logits.float(), x0r, xtr, t)   # (B, L, K) logits; the loss math in fp32
         return (ce * pad_mask).sum() / n, (vb * pad_mask).sum() / n
 
@@ -1315,7 +1394,7 @@ class D3PM:
 
 @torch.no_grad()
 def heldout_bound_nats(model, diffusion: D3PM, x0, label, target_id, generator=None, batch_size: int = 512,
-                       n_draws: int = 1, seed: int | None = None):
+                       n_draws: int = 1, seed: int | None = None, refs=None):
     """The D3PM variational bound -log p(x0 | length) >= ... per sequence, in nats, (N,): the prior term
     KL(q(x_T | x0) || uniform), the KL terms of every step t = 2..T and the reconstruction term
     -log p(x0 | x_1) (the t = 1 term of ce_and_vb), each with x_t ~ q(x_t | x0), as d3pm's calc_bpd_loop.
@@ -1323,7 +1402,8 @@ def heldout_bound_nats(model, diffusion: D3PM, x0, label, target_id, generator=N
     from peptide_noise instead of `generator`: a sequence's bound then depends on nothing but the seed
     and the sequence (not on the other rows or their order), and two calls under other labels or
     targets see the same x_t, so the noise common to both cancels in their difference. The model runs in
-    full precision (full_precision), so a bound does not move with the batch on a GPU either."""
+    full precision (full_precision), so a bound does not move with the batch on a GPU either. refs (N, R, L):
+    each peptide's target's known binders, for a model that reads them (None: the target id alone)."""
     d, dev = diffusion, next(model.parameters()).device
     out = []
     for start in range(0, x0.shape[0], batch_size):
@@ -1331,6 +1411,7 @@ def heldout_bound_nats(model, diffusion: D3PM, x0, label, target_id, generator=N
         if seed is not None:        # peptide_noise does not depend on the width: skip the all-PAD columns
             xb = xb[:, :max(1, int((xb != PAD).sum(1).max()))]
         lb, tb = label[start:start + batch_size].to(dev), target_id[start:start + batch_size].to(dev)
+        rb = None if refs is None else refs[start:start + batch_size].to(dev).long()
         pad_mask, x0r, B = xb != PAD, (xb - 1).clamp_min(0), xb.shape[0]
         q_T = d.q_probs(x0r, torch.full((B,), d.T, device=dev))
         prior = (torch.special.xlogy(q_T, q_T * d.K).sum(-1) * pad_mask).sum(-1)
@@ -1341,7 +1422,7 @@ def heldout_bound_nats(model, diffusion: D3PM, x0, label, target_id, generator=N
                 t_b = torch.full((B,), t, device=dev)
                 xt, xtr = d.q_sample(xb, t_b, generator, None if noise is None else noise[:, t - 1])
                 with full_precision(dev):
-                    logits = model(xt, t_b, lb, tb)
+                    logits = model(xt, t_b, lb, tb, rb)
                 _, vb = d.ce_and_vb(logits.float(), x0r, xtr, t_b)
                 steps += (vb * pad_mask).sum(-1)
         out.append((prior + steps / n_draws).cpu())
@@ -1680,20 +1761,72 @@ def drop_condition(label, target_id, p: float, label1_repeat: int = 1):
     return label, target_id
 
 
-class DeviceData:
-    """The tokenized dataset resident on the training device: a batch is an index gather."""
+def drop_references(target_id, refs, id_drop: float):
+    """The references follow the target: a row whose target drop_condition forgot (guidance's unconditional
+    rows) loses them too. Then, with probability id_drop, the target id alone is hidden: the model must
+    read the target from its known binders, all it has of a receptor it never saw."""
+    if refs is None:
+        return target_id, refs
+    refs = refs.masked_fill((target_id == UNKNOWN_TARGET)[:, None, None], PAD)
+    if id_drop > 0:
+        hidden = torch.rand(target_id.shape, device=target_id.device) < id_drop
+        target_id = torch.where(hidden, UNKNOWN_TARGET, target_id)
+    return target_id, refs
 
-    def __init__(self, rows: Rows, vocab: Vocab, idx, device):
+
+class KnownBinders:
+    """Each target's training binders, for drawing the references a row reads: `rows` (M,) indexes the
+    training tokens `x0`, grouped by target (`start`, `count` per target id); `slot` (N,) is a training row's
+    place among its target's binders (-1: not a binder), so a row is never drawn as its own reference."""
+
+    def __init__(self, x0, label, target_id, num_targets: int):
+        binders = torch.nonzero((label == 1) & (target_id != UNKNOWN_TARGET)).flatten()
+        binders = binders[torch.argsort(target_id[binders], stable=True)]
+        self.x0, self.rows = x0, binders
+        self.count = torch.bincount(target_id[binders], minlength=num_targets)
+        self.start = torch.cumsum(self.count, 0) - self.count
+        self.slot = torch.full_like(target_id, -1)
+        self.slot[binders] = torch.arange(len(binders), device=x0.device) - self.start[target_id[binders]]
+
+    def draw(self, target_id, slot, n_refs: int, generator=None):
+        """n_refs references per row (B, n_refs, L) tokens, drawn with replacement from the row's target's
+        binders other than the row itself (slot >= 0); all PAD where there is none. Static shapes and draws
+        on the device: a CUDA graph replays it."""
+        own = slot >= 0
+        available = (self.count[target_id] - own.long())[:, None]                  # (B, 1)
+        u = torch.rand((len(target_id), n_refs), device=target_id.device, generator=generator)
+        j = (u * available).long()
+        j = j + (own[:, None] & (j >= slot[:, None])).long()                        # skip the row itself
+        at = (self.start[target_id][:, None] + j).clamp(max=max(len(self.rows) - 1, 0))
+        refs = self.x0[self.rows[at]] if len(self.rows) else torch.zeros(*at.shape, self.x0.shape[1],
+                                                                         dtype=self.x0.dtype, device=self.x0.device)
+        return refs.masked_fill((available == 0)[..., None], PAD).long()
+
+
+class DeviceData:
+    """The tokenized dataset resident on the training device: a batch is an index gather. With n_refs > 0
+    each row of a batch also reads n_refs known binders of its target, drawn from `known` (the training
+    data's own binders when None: a training row never reads itself; other rows read any of them)."""
+
+    def __init__(self, rows: Rows, vocab: Vocab, idx, device, n_refs: int = 0, known: KnownBinders | None = None):
         idx = np.asarray(idx, dtype=np.int64)
         self.x0 = torch.from_numpy(vocab.encode([rows.sequences[i] for i in idx.tolist()])).to(device)
         self.label = torch.from_numpy(rows.labels[idx]).to(device)
         self.target_id = torch.from_numpy(vocab.target_ids([rows.targets[i] for i in idx.tolist()])).to(device)
+        self.n_refs, self.known = n_refs, None
+        if n_refs:
+            self.known = known or KnownBinders(self.x0, self.label, self.target_id, vocab.num_targets)
+            self.slot = self.known.slot if known is None else torch.full_like(self.target_id, -1)
 
     def __len__(self):
         return self.x0.shape[0]
 
-    def batch(self, idx):
-        return self.x0[idx].long(), self.label[idx], self.target_id[idx]
+    def batch(self, idx, generator=None):
+        """(x0 (B, L), label (B,), target_id (B,), refs (B, R, L) or None)."""
+        refs = None
+        if self.n_refs:
+            refs = self.known.draw(self.target_id[idx], self.slot[idx], self.n_refs, generator)
+        return self.x0[idx].long(), self.label[idx], self.target_id[idx], refs
 
 
 def epoch_rows(label, label1_repeat: int):
@@ -1722,8 +1855,8 @@ def heldout_losses(model, diffusion: D3PM, data: DeviceData, cfg: Config, batch_
     rows = torch.from_numpy(heldout_subset(len(data), cfg.max_val_rows)).to(device)
     sums = torch.zeros(3, device=device)
     for start in range(0, len(rows), batch_size):
-        x0, label, target_id = data.batch(rows[start:start + batch_size])
-        ce, vb = diffusion.losses(model, x0, label, target_id, generator=g, precision=cfg.precision)
+        x0, label, target_id, refs = data.batch(rows[start:start + batch_size], generator=g)
+        ce, vb = diffusion.losses(model, x0, label, target_id, generator=g, precision=cfg.precision, refs=refs)
         w = (x0 != PAD).sum()
         sums += torch.stack([ce * w, vb * w, w.float()])
     model.train(was_training)
@@ -1742,8 +1875,8 @@ def heldout_binder_bits(model, diffusion: D3PM, data: DeviceData, rows) -> float
         return None
     was_training = model.training
     model.eval()
-    x0, label, target_id = data.batch(rows)
-    nats = heldout_bound_nats(model, diffusion, x0, label, target_id, seed=0)
+    x0, label, target_id, refs = data.batch(rows, generator=torch.Generator(data.x0.device).manual_seed(0))
+    nats = heldout_bound_nats(model, diffusion, x0, label, target_id, seed=0, refs=refs)
     model.train(was_training)
     return nats.sum().item() / math.log(2) / (x0 != PAD).sum().item()
 
@@ -2098,8 +2231,8 @@ class Trainer:
         if check:
             check_same_data(self.run_dir, rows, self.vocab, data_sha256)
         train_idx, val_idx = split_for_training(rows, self.cfg.val_fraction, quiet=not self.is_main)
-        self.train_data = DeviceData(rows, self.vocab, train_idx, self.device)
-        self.val_data = DeviceData(rows, self.vocab, val_idx, self.device)
+        self.train_data = DeviceData(rows, self.vocab, train_idx, self.device, self.cfg.references)
+        self.val_data = DeviceData(rows, self.vocab, val_idx, self.device, self.cfg.references, self.train_data.known)
         trained = torch.unique(self.train_data.target_id[self.train_data.label == 1])
         binders = torch.nonzero((self.val_data.label == 1) & torch.isin(self.val_data.target_id, trained)).flatten()
         subset = torch.from_numpy(heldout_subset(len(binders), self.cfg.max_val_rows)).to(self.device)
@@ -2170,22 +2303,23 @@ class Trainer:
 
     # -- the step and the loop ---------------------------------------------------------------
 
-    def train_step(self, x0, label, target_id):
+    def train_step(self, x0, label, target_id, refs=None):
         """One optimizer step on a global batch (every rank gets the whole batch and scores its part).
         Returns this rank's (ce, vb, loss) share and the gradient norm; nothing here reads them on the host.
         A step whose gradient is not finite changes nothing (weights, moments, step counts); the StepLog
         sees its norm and decides whether the run goes on."""
-        values = self.update(x0, label, target_id)
+        values = self.update(x0, label, target_id, refs)
         self.after_update()
         return values
 
-    def update(self, x0, label, target_id, lrs=None):
+    def update(self, x0, label, target_id, refs=None, lrs=None):
         """The device's share of a step, what CudaGraphStep replays: no value read on the host, no Python
         value that changes between steps. `lrs`: a 0-dim tensor per param group to use as its lr in place
         of the group's float (a graph reads the tensor at each replay)."""
         label, target_id = drop_condition(label, target_id, self.cfg.cond_drop, self.cfg.label1_repeat)
+        target_id, refs = drop_references(target_id, refs, self.cfg.id_drop)
         ce, vb = self.diffusion.losses(self.forward, x0, label, target_id, part=self.part,
-                                       precision=self.cfg.precision)
+                                       precision=self.cfg.precision, refs=refs)
         loss = ce + self.cfg.hybrid_coeff * vb if self.cfg.hybrid_coeff else ce   # no backward through an unused vb
         self.scaler.scale(loss * self.world).backward()    # DDP averages gradients over ranks; we want their sum
         self.scaler.unscale_(self.optimizer)                # fp16: the true gradients; a no-op otherwise
@@ -2376,14 +2510,17 @@ def as_run(run, checkpoint: str = "best", device: str = "auto") -> Run:
     return run if isinstance(run, Run) else load_run(run, checkpoint=checkpoint, device=device)
 
 
-def length_probs(run: Run, label: int, target: str | None, min_length: int, max_length: int) -> np.ndarray:
+def length_probs(run: Run, label: int, target: str | None, min_length: int, max_length: int,
+                 binders: list | None = None) -> np.ndarray:
     """P(length) over 0..MAX_LEN within [min_length, max_length]: a target's peptides take the lengths of its
     training binders, however few (a receptor's binders share a length range: on real PDB pairs this made
     its samples more specific to it, 0.842 -> 0.870 at guidance 1, README "On real data"); a target with none
-    in the range, and a label, the label's training lengths; uniform in the range if the data have none there."""
+    in the range, and a label, the label's training lengths; uniform in the range if the data have none there.
+    Known binders given (a receptor's, see reference_tokens) stand for the target's training binders."""
     in_range = np.zeros(MAX_LEN + 1)
     in_range[min_length:max_length + 1] = 1
-    sources = [run.stats.get("target_length_counts", {}).get(target, []) if target else [],
+    sources = [length_counts(binders) if binders else
+               run.stats.get("target_length_counts", {}).get(target, []) if target else [],
                run.stats.get("length_counts", {}).get(str(label), [])]
     for counts in sources:
         probs = np.asarray(counts, dtype=float) * in_range if len(counts) else np.zeros(MAX_LEN + 1)
@@ -2394,13 +2531,15 @@ def length_probs(run: Run, label: int, target: str | None, min_length: int, max_
 
 @torch.no_grad()
 def sample_tokens(run: Run, lengths, label: int, target_id: int, guidance: float = 0.0,
-                  standard_only: bool = True, generator=None, x0=None, start_step: int | None = None, keep=None):
+                  standard_only: bool = True, generator=None, x0=None, start_step: int | None = None, keep=None,
+                  refs=None):
     """Reverse diffusion for peptides of the given lengths (n,). Starts from uniform noise on residue
     positions (q(x_T) is uniform) and draws x_{t-1} ~ p(x_{t-1} | x_t) down to x0. Guidance S mixes the
     conditional and unconditional x0 log-probs, (1 + S) * cond - S * uncond, both from one forward pass
     over 2n rows. Columns past the longest peptide are never computed. Returns tokens (n, MAX_LEN).
     Given tokens x0 (n, MAX_LEN) of those lengths, it starts instead from x0 noised to start_step (T by
-    default; 0 returns x0), and where keep (n, MAX_LEN) is True it holds x0's letters at every step."""
+    default; 0 returns x0), and where keep (n, MAX_LEN) is True it holds x0's letters at every step.
+    refs (n, R, MAX_LEN): the target's known binders each peptide reads (the unconditional twin reads none)."""
     dev, K, T = run.device, run.diffusion.K, run.diffusion.T
     lengths = np.asarray(lengths)
     n, width = len(lengths), int(lengths.max())
@@ -2410,6 +2549,7 @@ def sample_tokens(run: Run, lengths, label: int, target_id: int, guidance: float
     if guidance:                                            # rows n..2n-1: the unconditional twin
         label_t = torch.cat([label_t, torch.full_like(label_t, UNKNOWN_LABEL)])
         target_t = torch.cat([target_t, torch.full_like(target_t, UNKNOWN_TARGET)])
+        refs = None if refs is None else torch.cat([refs, torch.full_like(refs, PAD)])
     blocked = torch.zeros(K, dtype=torch.bool, device=dev)
     if standard_only:                                       # no X / B / Z / U in generated peptides
         blocked = torch.tensor([c not in RESIDUES for c in run.vocab.letters], device=dev)
@@ -2426,7 +2566,7 @@ def sample_tokens(run: Run, lengths, label: int, target_id: int, guidance: float
         xt = torch.where(pad_mask, xtr + 1, PAD)
         xt = torch.cat([xt, xt]) if guidance else xt
         with autocast(dev):
-            logits = run.model(xt, torch.full((len(xt),), t, device=dev), label_t, target_t)
+            logits = run.model(xt, torch.full((len(xt),), t, device=dev), label_t, target_t, refs)
         logp = logits.float().log_softmax(-1)
         if guidance:
             cond, uncond = logp.chunk(2)
@@ -2455,13 +2595,72 @@ def identity(a: str, b: str) -> float:
     return sum(x == y for x, y in zip(a, b)) / max(len(a), 1)
 
 
-def check_condition(run: Run, label: int, target: str | None) -> int:
-    """The target id of a condition (a target implies label 1), or a DataError saying what is wrong."""
+def check_condition(run: Run, label: int, target: str | None, binders: list | None = None) -> int:
+    """The target id of a condition (a target or known binders imply label 1), or a DataError saying what
+    is wrong."""
     if label not in (0, 1):
         raise DataError(f"label must be 0 or 1, not {label}")
-    if target and label == 0:
-        raise DataError("a target goes with label 1 (background peptides have no target)")
-    return run.vocab.target_id(target)
+    if (target or binders is not None) and label == 0:
+        what = "a target goes" if target else "known binders go"
+        raise DataError(f"{what} with label 1 (background peptides have no target)")
+    try:
+        return run.vocab.target_id(target)
+    except DataError as e:
+        new = "; for a receptor it never saw, give its known binders and no target" if run.cfg.references else ""
+        raise DataError(f"{e}{new}") from e
+
+
+def check_binders(run: Run, binders, what: str = "binders") -> list:
+    """Known binders given for a target (a list of peptides), uppercase, or a DataError: the run must read
+    references (cfg.references), the list must hold at least one, each a peptide of the run's letters."""
+    if not run.cfg.references:
+        raise DataError(f"this run reads no known binders (trained with references 0): its targets are ids; "
+                        f"train with {control('references')} to condition on a target's known binders")
+    binders = [b.strip().upper() for b in ([binders] if isinstance(binders, str) else binders)]
+    if not binders:
+        raise DataError(f"{what}: no peptides (give at least one known binder)")
+    problems = [(i + 1, b, why) for i, b in enumerate(binders) if (why := peptide_problem(b, run.vocab.letters))]
+    if problems:
+        raise DataError(f"{what}: {len(problems)} of {len(binders)} cannot be read:\n"
+                        + "\n".join(f"  binder {i} '{b}': {why}" for i, b, why in problems[:20]))
+    return binders
+
+
+def reference_tokens(run: Run, target: str | None, binders: list | None, n: int, generator=None):
+    """The known binders n peptides read, (n, R, MAX_LEN) tokens on the run's device, R = cfg.references, each
+    drawn (with replacement) from `binders`, else from the target's training binders; None for a run that
+    reads none, or when there are none (the model then reads the target id alone, as in training)."""
+    R = run.cfg.references
+    if not R:
+        return None
+    binders = binders if binders is not None else run.stats.get("binders", {}).get(target, []) if target else []
+    if not binders:
+        return None
+    tokens = torch.from_numpy(run.vocab.encode(binders)).to(run.device)
+    pick = torch.randint(len(binders), (n, R), device=run.device, generator=generator)
+    return tokens[pick].long()
+
+
+def score_references(run: Run, target: str | None, binders: list | None, seed: int):
+    """The known binders every peptide scored for a target reads, (1, R, MAX_LEN) or None: one draw from the
+    seed, so a peptide's score depends on nothing but it, the run and the seed."""
+    return reference_tokens(run, target, binders, 1, torch.Generator(run.device).manual_seed(seed))
+
+
+def row_references(run: Run, labels, targets: list, seed: int = 0):
+    """The known binders each row (label, target) reads, (N, R, MAX_LEN), drawn from its target's training
+    binders (all PAD for background and targets without any); None for a run that reads none."""
+    if not run.cfg.references:
+        return None
+    refs = torch.full((len(targets), run.cfg.references, MAX_LEN), PAD, dtype=torch.long, device=run.device)
+    g = torch.Generator(run.device).manual_seed(seed)
+    labels = np.asarray(labels)
+    for target in sorted(set(targets) - {"", None}):
+        rows = np.flatnonzero((np.asarray(targets, dtype=object) == target) & (labels == 1))
+        drawn = reference_tokens(run, target, None, len(rows), g) if len(rows) else None
+        if drawn is not None:
+            refs[torch.from_numpy(rows).to(run.device)] = drawn
+    return refs
 
 
 def check_seed_peptide(run: Run, seq: str, what: str, standard_only: bool, wildcard: str = "") -> str:
@@ -2480,76 +2679,91 @@ def check_seed_peptide(run: Run, seq: str, what: str, standard_only: bool, wildc
 GENERATE_BATCH = 1024               # peptides sampled together; the command line prints each batch as it comes
 
 
-def run_guidance(run: Run, guidance: float | None = None, target: str | None = "any") -> float:
+def run_guidance(run: Run, guidance: float | None = None, target: str | None = "any",
+                 binders: list | None = None) -> float:
     """The guidance to sample with: the one asked for; else (None), for peptides made for a target, the run's
-    own, tuned on its targets' validation binders (tuning.json); else DEFAULT_GUIDANCE. A request without a
-    target (a label only) keeps DEFAULT_GUIDANCE: the tuning judged peptides for targets, and guiding a label
-    caricatures it (on the demo, guidance 0.5 doubled the label-1 vs background gap in hydropathy)."""
+    own, tuned on its targets' validation binders (tuning.json); for a receptor given only by its known
+    binders (no target), the one tuned for that (`binders_guidance`: the validation targets given by their
+    binders alone); else DEFAULT_GUIDANCE. A request without a target (a label only) keeps DEFAULT_GUIDANCE:
+    the tuning judged peptides for targets, and guiding a label caricatures it (on the demo, guidance 0.5
+    doubled the label-1 vs background gap in hydropathy)."""
     if guidance is not None:
         return guidance
+    if not target and binders:
+        return float(run.tuning.get("binders_guidance", DEFAULT_GUIDANCE))
     return float(run.tuning.get("guidance", DEFAULT_GUIDANCE)) if target else DEFAULT_GUIDANCE
 
 
 def sample_batches(run: Run, n: int, lengths_of, label: int, target: str | None, guidance: float | None,
-                   standard_only: bool, seed: int, batch_size: int, x0=None, start_step: int | None = None, keep=None):
+                   standard_only: bool, seed: int, batch_size: int, x0=None, start_step: int | None = None, keep=None,
+                   binders: list | None = None):
     """The sampler every mode shares: n peptides in batches of batch_size (yielded as lists of strings), one
     batch held at a time however many are asked for. lengths_of(m) gives the next m peptides' lengths; x0,
-    start_step and keep (one row each, see sample_tokens) are repeated for every peptide."""
+    start_step and keep (one row each, see sample_tokens) are repeated for every peptide. binders: known
+    binders of the target (or of a receptor the run never saw, with no target) that the peptides read."""
     if n < 0:
         raise DataError(f"the number of peptides must be 0 or more, not {n}")
-    target_id = check_condition(run, label, target)
-    guidance = run_guidance(run, guidance, target)
+    target_id = check_condition(run, label, target, binders)
+    guidance = run_guidance(run, guidance, target, binders)
     g = torch.Generator(device=run.device).manual_seed(seed)
     repeat = lambda v, m: None if v is None else v.expand(m, -1)
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
+        refs = reference_tokens(run, target, binders, m, g) if label == 1 else None
         tokens = sample_tokens(run, lengths_of(m), label, target_id, guidance, standard_only, g, repeat(x0, m),
-                               start_step, repeat(keep, m))
+                               start_step, repeat(keep, m), refs)
         yield run.vocab.decode(tokens)
 
 
 def generate_batches(run, n: int = 100, label: int = 1, target: str | None = None, min_length: int = MIN_LEN,
                      max_length: int = MAX_LEN, seed: int = 0, guidance: float | None = None,
                      standard_only: bool = True, batch_size: int = GENERATE_BATCH, checkpoint: str = "best",
-                     device: str = "auto"):
+                     device: str = "auto", binders: list | None = None):
     """n peptides for a condition (label 1 or 0; a target implies label 1; no target: any target), their
     lengths drawn from the training lengths within [min_length, max_length], batch by batch as they are
-    made. `run`: a Run, or a run folder or model file (loaded with `checkpoint` on `device`)."""
+    made. `run`: a Run, or a run folder or model file (loaded with `checkpoint` on `device`). `binders`: known
+    binders the peptides read in place of the target's training binders, or, with no target, a receptor's
+    the run never saw (a run trained with references; see reference_tokens)."""
     run = as_run(run, checkpoint, device)
+    binders = None if binders is None else check_binders(run, binders)
     if not MIN_LEN <= min_length <= max_length <= MAX_LEN:
         raise DataError(f"length range {min_length}-{max_length} must lie within {MIN_LEN}-{MAX_LEN}")
     # Lengths are drawn batch by batch from one generator: the same stream, so the same peptides for a seed,
     # as drawing all n at once (which took 8 bytes a peptide before the first was made).
-    rng, p = np.random.default_rng(seed), length_probs(run, label, target, min_length, max_length)
+    rng, p = np.random.default_rng(seed), length_probs(run, label, target, min_length, max_length, binders)
     yield from sample_batches(run, n, lambda m: rng.choice(MAX_LEN + 1, size=m, p=p), label, target, guidance,
-                              standard_only, seed, batch_size)
+                              standard_only, seed, batch_size, binders=binders)
 
 
 def variant_batches(run, parent: str, n: int = 100, strength: float = DEFAULT_STRENGTH, label: int = 1,
                     target: str | None = None, seed: int = 0, guidance: float | None = None,
                     standard_only: bool = True, batch_size: int = GENERATE_BATCH, checkpoint: str = "best",
-                    device: str = "auto"):
+                    device: str = "auto", binders: list | None = None):
     """n variants of a peptide, of its length, batch by batch: it is noised to the step that matches
-    `strength` (0: the parent itself; 1: pure noise, as plain sampling) and denoised under the condition."""
+    `strength` (0: the parent itself; 1: pure noise, as plain sampling) and denoised under the condition
+    (`binders`: as generate_batches)."""
     run = as_run(run, checkpoint, device)
+    binders = None if binders is None else check_binders(run, binders)
     if not 0 <= strength <= 1:
         raise DataError(f"strength must lie in [0, 1] (0: the parent unchanged, 1: from pure noise), not {strength}")
     seq = check_seed_peptide(run, parent, "parent", standard_only)
     yield from sample_batches(run, n, lambda m: np.full(m, len(seq)), label, target, guidance, standard_only, seed,
-                              batch_size, torch.from_numpy(run.vocab.encode([seq])), strength_step(strength, run.diffusion.T))
+                              batch_size, torch.from_numpy(run.vocab.encode([seq])), strength_step(strength, run.diffusion.T),
+                              binders=binders)
 
 
 def template_batches(run, template: str, n: int = 100, label: int = 1, target: str | None = None, seed: int = 0,
                      guidance: float | None = None, standard_only: bool = True, batch_size: int = GENERATE_BATCH,
-                     checkpoint: str = "best", device: str = "auto"):
+                     checkpoint: str = "best", device: str = "auto", binders: list | None = None):
     """n peptides that keep a template's residue letters at every reverse step and write where it has x
-    (e.g. xxPPxYxx), batch by batch; the template sets their length."""
+    (e.g. xxPPxYxx), batch by batch; the template sets their length (`binders`: as generate_batches)."""
     run = as_run(run, checkpoint, device)
+    binders = None if binders is None else check_binders(run, binders)
     seq = check_seed_peptide(run, template, "template", standard_only, wildcard="X")
     x0 = torch.from_numpy(run.vocab.encode([seq.replace("X", run.vocab.letters[0])]))  # the letter under X is never seen
     keep = torch.tensor([[c != "X" for c in seq] + [False] * (MAX_LEN - len(seq))])
     yield from sample_batches(run, n, lambda m: np.full(m, len(seq)), label, target, guidance, standard_only, seed,
-                              batch_size, x0, keep=keep)
+                              batch_size, x0, keep=keep, binders=binders)
 
 
 def generate(run, n: int = 100, **options) -> list:
@@ -2576,14 +2790,16 @@ DEFAULT_SCORE_DRAWS = 1     # 10,000 peptides (small preset) within a minute on 
 
 
 def condition_bits(run: Run, peptides: list, label: int, target_id: int, draws: int, seed: int,
-                   batch_size: int = 512) -> np.ndarray:
+                   batch_size: int = 512, refs=None) -> np.ndarray:
     """heldout_bound_nats of each peptide under one condition, in bits (N,), with per-peptide noise.
-    Batches hold peptides of similar lengths (fewer PAD columns); the results come back in input order."""
+    Batches hold peptides of similar lengths (fewer PAD columns); the results come back in input order.
+    refs (1, R, MAX_LEN): the known binders every peptide reads (see reference_tokens), or None."""
     by_length = np.argsort([len(p) for p in peptides], kind="stable")
     x0 = torch.from_numpy(run.vocab.encode([peptides[i] for i in by_length]))
     n = len(peptides)
     nats = heldout_bound_nats(run.model, run.diffusion, x0, torch.full((n,), label), torch.full((n,), target_id),
-                              batch_size=batch_size, n_draws=draws, seed=seed)
+                              batch_size=batch_size, n_draws=draws, seed=seed,
+                              refs=None if refs is None else refs.expand(n, -1, -1))
     bits = np.empty(n)
     bits[by_length] = nats.double().numpy() / math.log(2)
     return bits
@@ -2608,15 +2824,18 @@ def run_score_mix(run: Run, mix: float | None = None) -> float:
 
 def score(run, peptides, target: str | None = None, label: int = 1, draws: int = DEFAULT_SCORE_DRAWS,
           seed: int = 0, mix: float | None = None, batch_size: int = 512, checkpoint: str = "best",
-          device: str = "auto") -> list:
+          device: str = "auto", binders: list | None = None) -> list:
     """How much more the model believes each peptide for `target` (label 1) than otherwise, in bits: the
     variational bound under background (label 0) and under any target minus the bound under the target,
     mixed by `mix` (mixed_score; None: the run's own mix, chosen on its validation binders, tuning.json).
     Without a target the score is the background ratio of "any target". All bounds use the same draws of
     the noise (`draws` of them). Higher means more like the target's binders; a peptide's score depends
-    only on it, the run and the seed. `run` is a Run or a run directory. Returns one dict per peptide, in
-    order: peptide, score, condition_bits, background_bits, any_target_bits, length."""
+    only on it, the run and the seed. `run` is a Run or a run directory. A run trained with references reads
+    the target's known binders under the condition: `binders` in place of its training binders, or, with no
+    target, a receptor's it never saw; every peptide reads the same ones (drawn from the seed). Returns one
+    dict per peptide, in order: peptide, score, condition_bits, background_bits, any_target_bits, length."""
     run = as_run(run, checkpoint, device)
+    binders = None if binders is None else check_binders(run, binders)
     if label != 1:
         raise DataError(f"the score compares a condition with background (label 0), so its label is 1, not {label}")
     if draws < 1:
@@ -2625,7 +2844,7 @@ def score(run, peptides, target: str | None = None, label: int = 1, draws: int =
     if not 0 <= mix <= 1:
         raise DataError(f"the score's mix must lie in [0, 1] (1: background ratio only, 0: target ratio only), "
                         f"not {mix}")
-    target_id = run.vocab.target_id(target)
+    target_id = check_condition(run, label, target, binders)
     peptides = [p.strip().upper() for p in peptides]
     problems = [(i + 1, p, why) for i, p in enumerate(peptides) if (why := peptide_problem(p, run.vocab.letters))]
     if problems:
@@ -2634,11 +2853,14 @@ def score(run, peptides, target: str | None = None, label: int = 1, draws: int =
                         + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""))
     if not peptides:
         return []
-    bits = lambda label, target_id: condition_bits(run, peptides, label, target_id, draws, seed, batch_size)
+    bits = lambda label, target_id, refs=None: condition_bits(run, peptides, label, target_id, draws, seed,
+                                                              batch_size, refs)
+    refs = score_references(run, target, binders, seed)
+    targeted = target_id != UNKNOWN_TARGET or refs is not None
     any_target = bits(1, UNKNOWN_TARGET)
-    cond = bits(1, target_id) if target_id != UNKNOWN_TARGET else any_target
+    cond = bits(1, target_id, refs) if targeted else any_target
     background = bits(0, UNKNOWN_TARGET)
-    scores = mixed_score(background, any_target, cond, mix if target_id != UNKNOWN_TARGET else 1.0)
+    scores = mixed_score(background, any_target, cond, mix if targeted else 1.0)
     return [{"peptide": p, "score": x, "condition_bits": c, "background_bits": b, "any_target_bits": a,
              "length": len(p)}
             for p, x, c, b, a in zip(peptides, scores.tolist(), cond.tolist(), background.tolist(),
@@ -2710,14 +2932,17 @@ def js_divergence(p, q) -> float:
     return (kl(p) + kl(q)) / 2
 
 
-def guidance_figures(run: Run, guidance: float, validation: dict, targets: list, seed: int) -> dict:
+def guidance_figures(run: Run, guidance: float, validation: dict, targets: list, seed: int,
+                     by_binders: bool = False) -> dict:
     """How the run's peptides at this guidance serve its validation targets: their specificity to the targets'
     held-out binders at matched novelty (the first TUNE_KEEP novel ones of TUNE_PEPTIDES; see specificity),
     per target and on average; the fraction of them that is novel and unique; and the JS distance of their
-    composition from the targets' training binders' (pooled, targets weighted alike)."""
+    composition from the targets' training binders' (pooled, targets weighted alike). by_binders: each target
+    given only by its training binders, as a receptor the run never saw is (a run that reads references)."""
     trained, made, kept, novel = validation["trained"], {}, {}, []
     for t in targets:
-        made[t] = generate(run, TUNE_PEPTIDES, target=t, guidance=guidance, seed=seed)
+        condition = dict(binders=trained[t]) if by_binders else dict(target=t)
+        made[t] = generate(run, TUNE_PEPTIDES, guidance=guidance, seed=seed, **condition)
         kept[t], fraction = novel_peptides(made[t], trained[t], TUNE_KEEP)
         novel.append(fraction)
     per_target = specificity(kept, validation["binders"])
@@ -2760,15 +2985,15 @@ def choose_guidance(figures: list, composition_limit: float) -> tuple[float, str
                            f"specific candidate ({best['guidance']:g}: {best['specificity']:.3f}){left_out}")
 
 
-def tune_guidance(run: Run, validation: dict, seed: int = 0) -> dict:
+def tune_guidance(run: Run, validation: dict, seed: int = 0, by_binders: bool = False) -> dict:
     """The guidance that serves the run's validation targets best (choose_guidance over GUIDANCE_GRID), with
     the figures behind the choice; DEFAULT_GUIDANCE when fewer than MIN_TUNE_TARGETS targets have validation
-    binders."""
+    binders. by_binders: for the targets given only by their known binders (guidance_figures)."""
     targets = tuning_targets(validation)
     if len(targets) < MIN_TUNE_TARGETS:
         return {"guidance": DEFAULT_GUIDANCE, "why": f"only {len(targets)} target(s) have held-out binders (at least "
                 f"{MIN_TUNE_TARGETS} are needed to tune on): guidance stays {DEFAULT_GUIDANCE:g}", "grid": []}
-    figures = [guidance_figures(run, g, validation, targets, seed) for g in GUIDANCE_GRID]
+    figures = [guidance_figures(run, g, validation, targets, seed, by_binders) for g in GUIDANCE_GRID]
     limit = js_divergence(pooled_composition(validation["binders"], targets, run.vocab),
                     pooled_composition(validation["trained"], targets, run.vocab))
     guidance, why = choose_guidance(figures, limit)
@@ -2823,11 +3048,17 @@ def tune_run(run_dir, validation: dict, seed: int = 0, device: str = "auto") -> 
     t0 = time.time()
     mix = tune_score_mix(run, validation, seed)
     tuning = {"version": TUNING_VERSION, "checkpoint": path.name, "step": step, **tune_guidance(run, validation, seed),
-              "score_mix": mix["score_mix"], "score_why": mix["why"], "score_grid": mix["grid"],
-              "seconds": round(time.time() - t0, 1)}
+              "score_mix": mix["score_mix"], "score_why": mix["why"], "score_grid": mix["grid"]}
+    if run.cfg.references:              # a receptor given only by its known binders: a guidance of its own
+        by_binders = tune_guidance(run, validation, seed, by_binders=True)
+        tuning.update({"binders_guidance": by_binders["guidance"], "binders_why": by_binders["why"],
+                       "binders_grid": by_binders["grid"]})
+    tuning["seconds"] = round(time.time() - t0, 1)
     write_json(run_dir / TUNING_FILE, tuning)
+    given = (f"; for a receptor given by its known binders, guidance {tuning['binders_guidance']:g} "
+             f"({tuning['binders_why']})" if "binders_guidance" in tuning else "")
     log(f"{run_dir}: tuned on {tuning.get('targets', 0)} validation target(s): guidance {tuning['guidance']:g} "
-        f"({tuning['why']}); score mix {tuning['score_mix']:g}")
+        f"({tuning['why']}); score mix {tuning['score_mix']:g}{given}")
     return tuning
 
 
@@ -2903,6 +3134,12 @@ def device_arg(text: str) -> str:
     return text
 
 
+def add_binders_arg(p):
+    p.add_argument("--binders", default=None, metavar="FILE",
+                   help="known binders of the target, one peptide per line, read in place of its training binders; "
+                        "without --target, a receptor the run never saw (a run trained with --references)")
+
+
 def add_model_args(p):
     """--checkpoint and --device: which weights of a run to use, and where."""
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
@@ -2911,7 +3148,8 @@ def add_model_args(p):
 
 TRAIN_FLAGS = ("epochs", "max_steps", "batch_size", "lr", "seed", "device", "save_every_minutes", "dim", "n_layers",
                "n_heads", "n_steps", "hybrid_coeff", "warmup", "cond_drop", "label1_repeat", "dropout", "rotary",
-               "termini", "ema_decay", "data", "compile", "precision", "cuda_graph")
+               "termini", "ema_decay", "data", "compile", "precision", "cuda_graph", "references", "id_drop",
+               "reference_attention")
 
 
 def cmd_train(args):
@@ -2940,7 +3178,7 @@ def cmd_train(args):
 def cmd_generate(args):
     run = load_run(run_dir_arg(args), checkpoint=args.checkpoint, device=args.device)
     condition = dict(label=args.label, target=args.target, seed=args.seed, guidance=args.guidance,
-                     standard_only=not args.allow_rare)
+                     standard_only=not args.allow_rare, binders=read_binders(run, args.binders))
     if (args.parent or args.template) and (args.min_length, args.max_length) != (None, None):
         raise DataError("--min-length and --max-length go with plain sampling: variants and filled templates keep "
                         "the length of their peptide")
@@ -2957,6 +3195,22 @@ def cmd_generate(args):
         batches = generate_batches(run, args.n, min_length=args.min_length or MIN_LEN,
                                    max_length=args.max_length or MAX_LEN, **condition)
     write_batches(batches, args.n, args.parent.strip().upper() if args.verbose else None)
+
+
+def read_binders(run: Run, path) -> list | None:
+    """--binders FILE: known binders, one peptide per line (or FASTA, or CSV with a sequence column); each bad
+    line is named with its problem, and an empty file is an error. None without the flag."""
+    if path is None:
+        return None
+    if not run.cfg.references:
+        check_binders(run, [])                          # says the run reads none, and how to train one that does
+    name, entries = read_peptides(path)
+    n, problems = peptide_problems(entries, run.vocab.letters)
+    if problems:
+        raise DataError(summarize_problems(name, problems))
+    if not n:
+        raise DataError(f"{name}: no peptides (--binders needs at least one known binder)")
+    return [seq for _, seq in entries]
 
 
 def write_batches(batches, n: int, parent: str | None = None):
@@ -3003,7 +3257,8 @@ SCORE_BATCH = 4096      # peptides the command line scores together; it prints e
 
 def cmd_score(args):
     run = load_run(run_dir_arg(args), checkpoint=args.checkpoint, device=args.device)
-    run.vocab.target_id(args.target)                    # an unknown target fails before the input is read
+    check_condition(run, 1, args.target)                # an unknown target fails before the input is read
+    binders = read_binders(run, args.binders)
     name = peptide_input_name(args.input)
     if args.input in (None, "-"):                       # standard input cannot be read twice: keep its entries
         kept = list(iter_peptides(args.input))
@@ -3016,7 +3271,8 @@ def cmd_score(args):
     if problems and not args.skip_invalid:
         raise DataError(summarize_problems(name, problems)
                         + "\nFix the input, or pass --skip-invalid to score the others (bad lines get a row saying why).")
-    score_peptides = lambda peptides: score(run, peptides, args.target, args.label, args.draws, args.seed, args.mix)
+    score_peptides = lambda peptides: score(run, peptides, args.target, args.label, args.draws, args.seed, args.mix,
+                                            binders=binders)
     notes = bool(problems)                              # the table has a `skipped` column
     batches = scored_batches(read_entries(), dict(problems), score_peptides)
     write_lines(score_header(notes), ([score_line(r, notes) for r in batch] for batch in batches), n, SCORE_BATCH)
@@ -3061,7 +3317,11 @@ def cmd_presets(args):
 
 
 TRAIN_HELP = {"--max-steps": "stop after this many steps even if epochs remain (0, the preset's default: no "
-                             "limit, the epochs decide)"}
+                             "limit, the epochs decide)",
+             "--references": "known binders of its target each row reads, drawn from the target's other training "
+                             "binders (default 0: the target id alone); a run trained with them takes --binders",
+             "--id-drop": "with --references: how often the target id is hidden, so they alone tell the target "
+                          "(default 0; 1: references only)"}
 
 
 def add_train_parser(sub):
@@ -3075,12 +3335,16 @@ def add_train_parser(sub):
     for flag, typ in (("--epochs", int), ("--max-steps", int), ("--lr", float),
                       ("--seed", int), ("--save-every-minutes", float), ("--dim", int), ("--n-layers", int),
                       ("--n-heads", int), ("--n-steps", int), ("--hybrid-coeff", float), ("--warmup", int),
-                      ("--cond-drop", float), ("--label1-repeat", int), ("--dropout", float), ("--ema-decay", float)):
+                      ("--cond-drop", float), ("--label1-repeat", int), ("--dropout", float), ("--ema-decay", float),
+                      ("--references", int), ("--id-drop", float)):
         p.add_argument(flag, type=typ, default=None, help=TRAIN_HELP.get(flag, "override the preset"))
     p.add_argument("--rotary", action=argparse.BooleanOptionalAction, default=None,
                    help="rotary attention (default: on)")
     p.add_argument("--termini", action=argparse.BooleanOptionalAction, default=None,
                    help="embed each residue's distance from both peptide ends (default: on)")
+    p.add_argument("--reference-attention", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --references: the peptide's residues also attend to the known binders' residues "
+                        "(default: off)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="override the preset's batch (256). Under torchrun with N processes each process takes "
                         "batch/N rows of every global batch; an explicit --batch-size is per process.")
@@ -3103,6 +3367,7 @@ def add_generate_parser(sub):
                    help=f"how many peptides (default 100, at most {MAX_PEPTIDES:,}); printed as they are made")
     p.add_argument("--label", type=int, default=1, choices=[0, 1], help="1 interacting (default), 0 background")
     p.add_argument("--target", default=None, help="target accession (label 1); default: any target")
+    add_binders_arg(p)
     p.add_argument("--min-length", type=number_in(int, MIN_LEN, MAX_LEN), default=None,
                    help=f"plain sampling: shortest length (default {MIN_LEN})")
     p.add_argument("--max-length", type=number_in(int, MIN_LEN, MAX_LEN), default=None,
@@ -3131,6 +3396,7 @@ def add_score_parser(sub):
                                      "any target")
     add_run_args(p)
     p.add_argument("--target", default=None, help="target accession (default: any target)")
+    add_binders_arg(p)
     p.add_argument("--label", type=int, default=1, choices=[1],
                    help="the condition's label (1; background is the reference)")
     p.add_argument("--input", default=None, help="one peptide per line, FASTA or CSV with a sequence column "

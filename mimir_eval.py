@@ -42,7 +42,8 @@ from mimir_core import (BLOSUM62, BLOSUM62_INDEX, DEFAULT_SCORE_DRAWS, DEMO_DATA
                         binders_by_target, condition_bits, generate, heldout_bound_nats, heldout_subset,
                         js_divergence, length_counts, length_probs, letter_counts, load_rows, load_run,
                         local_alignment_scores, log, mixed_score, nearest_neighbour_scores, novel_peptides, number_in,
-                        pyplot, run_command, run_dir_arg, run_guidance, run_score_mix, specificity, split_indices,
+                        pyplot, row_references, run_command, run_dir_arg, run_guidance, run_score_mix,
+                        score_references, specificity, split_indices,
                         subset_rows, summarize_problems, write_json)
 
 # =============================================================================================
@@ -441,7 +442,8 @@ def peptide_bits(run: Run, rows: Rows, generator=None, n_draws: int = 1, shuffle
     label, target_id = torch.from_numpy(rows.labels), torch.from_numpy(run.vocab.target_ids(rows.targets))
     if shuffle_rng is None:
         x0 = torch.from_numpy(run.vocab.encode(rows.sequences))
-        nats = heldout_bound_nats(run.model, run.diffusion, x0, label, target_id, generator, n_draws=n_draws)
+        nats = heldout_bound_nats(run.model, run.diffusion, x0, label, target_id, generator, n_draws=n_draws,
+                                  refs=row_references(run, rows.labels, rows.targets))
         return nats.numpy() / math.log(2)
     shuffled = lambda: Rows(rows.path, rows.labels, rows.targets, shuffle_residues(rows.sequences, shuffle_rng),
                             rows.sources, rows.lines)
@@ -658,7 +660,7 @@ def generation_baselines(run: Run, trained: dict, targets: list, comps: dict, n:
     rng = np.random.default_rng(seed)
     substitutions = substitution_probs(condition_composition(comps, 0))
     composition_of = lambda t: standard_composition(condition_composition(comps, 1, t))
-    lengths_of = lambda t: length_probs(run, 1, t, MIN_LEN, MAX_LEN)
+    lengths_of = lambda t: length_probs(run, 1, t, MIN_LEN, MAX_LEN, trained[t])
     return {"mutated binders": {t: mutated_binders(trained[t], n, substitutions, rng) for t in targets},
             "composition": {t: random_peptides(n, composition_of(t), lengths_of(t), seed + k)
                             for k, t in enumerate(targets)}}
@@ -733,18 +735,24 @@ def motif_report(run: Run, background, train_rows: Rows | None, comps: dict, n_s
 SCORE_SHUFFLES = 5              # shuffles of each held-out peptide, a set of negatives that only order tells apart
 
 
+CLOSE_IDENTITY = 0.5        # a held-out binder this identical to a known binder of its target is "close"
+
+
 def score_auroc_report(run: Run, val: Rows, train_rows: Rows | None, seed: int = 0, max_rows: int | None = 200,
                        draws: int = DEFAULT_SCORE_DRAWS, min_positives: int = 3, max_targets: int | None = 20,
-                       shuffles: int = SCORE_SHUFFLES) -> dict:
+                       shuffles: int = SCORE_SHUFFLES, new_targets: bool = False) -> dict:
     """Is score() worth anything? Per target with at least min_positives held-out label-1 rows (the
     max_targets with most; None: all): the AUROC of score(target) for its held-out peptides against held-out
     background peptides, against other targets' held-out peptides, and against the peptides themselves
-    with their residues shuffled (`shuffles` each), beside two baselines on the same rows: composition
+    with their residues shuffled (`shuffles` each; against other targets also split into the peptides at least
+    CLOSE_IDENTITY identical to a training peptide of the target and the new ones), beside two baselines on the
+    same rows: composition
     (log-odds of the target's training composition vs background's) and nearest neighbour (the best
     BLOSUM62 local alignment to the target's training peptides, what a biologist would try first), and
     the two parts of the model's score (TargetScorers). Then each set's AUROCs averaged over the targets,
     weighted by their positives ("weighted"), with paired bootstrap intervals. At most max_rows rows per
-    set (None: all), drawn with the seed."""
+    set (None: all), drawn with the seed. new_targets: the targets are receptors the run never saw, and the
+    training rows of each are its known binders, which the model reads (a run trained with references)."""
     if train_rows is None:
         return {"note": "no training rows to build the composition and nearest-neighbour scorers from"}
     rng, shuffle_rng = np.random.default_rng(seed), np.random.default_rng([seed, shuffles])
@@ -754,24 +762,33 @@ def score_auroc_report(run: Run, val: Rows, train_rows: Rows | None, seed: int =
     train_by_target = {**binders_by_target(train_rows),
                        "": [s for s, label in zip(train_rows.sequences, train_rows.labels.tolist()) if label == 0]}
     eligible = sorted((t for t, seqs in held_out.items() if len(seqs) >= min_positives and t in train_by_target
-                       and t in run.vocab.targets), key=lambda t: (-len(held_out[t]), t))[:max_targets]
+                       and (new_targets or t in run.vocab.targets)), key=lambda t: (-len(held_out[t]), t))[:max_targets]
     report = {"targets": {}, "weighted": {}, "skipped_targets": len(held_out) - len(eligible),
               "min_positives": min_positives, "max_targets": max_targets, "max_rows": max_rows, "draws": draws,
               "shuffles": shuffles, "score_mix": run_score_mix(run)}
     if not background or not eligible:
         return report
-    scorers, parts = TargetScorers(run, train_by_target, draws, seed), {}
+    scorers, parts = TargetScorers(run, train_by_target, draws, seed, new_targets), {}
     for target in eligible:
         positives = pick(held_out[target])
         known = set(held_out[target]) | set(train_by_target[target])      # a peptide may bind several targets
         others = pick([s for t, seqs in held_out.items() if t != target for s in seqs if s not in known])
         shuffled = [s for s in shuffle_residues(positives * shuffles, shuffle_rng) if s not in known]
         report["targets"][target] = {}
+        close = best_identity(positives, train_by_target[target]) >= CLOSE_IDENTITY
         for name, negatives in (("background", background), ("other_targets", others), ("shuffles", shuffled)):
-            if negatives:
-                auroc, boot, n_neg = auroc_bootstrap(scorers(target, positives + negatives), len(positives), seed=seed)
-                report["targets"][target][name] = auroc_summary(auroc, boot, len(positives), n_neg)
-                parts.setdefault(name, []).append((len(positives), n_neg, auroc, boot))
+            if not negatives:
+                continue
+            scores, n_pos = scorers(target, positives + negatives), len(positives)
+            subsets = [(name, np.ones(n_pos, dtype=bool))]
+            if name == "other_targets":         # close to a known binder (a lookup's ground) or genuinely new
+                subsets += [("other_targets, close", close), ("other_targets, new", ~close)]
+            for subset, keep in subsets:
+                if keep.any():
+                    kept = {k: np.concatenate([v[:n_pos][keep], v[n_pos:]]) for k, v in scores.items()}
+                    auroc, boot, n_neg = auroc_bootstrap(kept, int(keep.sum()), seed=seed)
+                    report["targets"][target][subset] = auroc_summary(auroc, boot, int(keep.sum()), n_neg)
+                    parts.setdefault(subset, []).append((int(keep.sum()), n_neg, auroc, boot))
     report["weighted"] = {name: weighted_auroc(p) for name, p in parts.items()}
     return report
 
@@ -780,10 +797,13 @@ class TargetScorers:
     """The scorers of score_auroc_report for one target's rows: the model's score (score(), with the run's mix),
     composition log-odds, the nearest training peptide's alignment score, and the two parts of the model's
     score apart: the background ratio and the target ratio (mixed_score). The bounds under background and
-    under any target do not depend on the target: each peptide's are computed once."""
+    under any target do not depend on the target: each peptide's are computed once. A run trained with
+    references reads the target's training binders; with new_targets, the targets are receptors it never saw,
+    known to it only by those binders (score's `binders`)."""
 
-    def __init__(self, run: Run, train_by_target: dict, draws: int, seed: int):
+    def __init__(self, run: Run, train_by_target: dict, draws: int, seed: int, new_targets: bool = False):
         self.run, self.train_by_target, self.draws, self.seed = run, train_by_target, draws, seed
+        self.new_targets = new_targets
         self.shared_bits = {}           # peptide -> (bits under background, bits under any target)
 
     def __call__(self, target: str, rows: list) -> dict:
@@ -793,7 +813,10 @@ class TargetScorers:
             bits = lambda label: condition_bits(run, fresh, label, UNKNOWN_TARGET, self.draws, self.seed)
             self.shared_bits.update(zip(fresh, zip(bits(0), bits(1))))
         background, any_target = np.array([self.shared_bits[s] for s in rows]).T
-        cond = condition_bits(run, rows, 1, run.vocab.target_id(target), self.draws, self.seed)
+        target_id = UNKNOWN_TARGET if self.new_targets else run.vocab.target_id(target)
+        refs = (score_references(run, None, training, self.seed) if self.new_targets else
+                score_references(run, target, None, self.seed))
+        cond = condition_bits(run, rows, 1, target_id, self.draws, self.seed, refs=refs)
         log_odds = composition_log_odds(training, self.train_by_target.get("", []), run.vocab.letters)
         return {"model": mixed_score(background, any_target, cond, run_score_mix(run)),
                 "composition": np.array([sum(log_odds[c] for c in s) for s in rows]),

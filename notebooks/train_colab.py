@@ -64,6 +64,9 @@
 # - `SAVE_TO_DRIVE`: keep runs (and the code) on Google Drive, so a disconnect loses nothing.
 # - `EPOCHS`: 0 keeps the preset's number of epochs.
 # - `ALLOW_CPU`: train the medium or large preset on a CPU runtime anyway (hours).
+# - `REFERENCES`: 0 conditions on a target by its id alone; 4 lets the model also read 4 of the target's
+#   known binders, so that in step 7 a receptor the run never saw can be given by its known binders
+#   (`KNOWN_BINDERS`); README "On real data" says what each does.
 # - `REPO_URL`: the git URL of the Mimir repository, for a notebook opened on its own (from GitHub or a
 #   file). Left empty, step 2 asks you to upload the repository as a zip.
 
@@ -78,6 +81,7 @@ RUN_NAME = ""  # @param {type:"string"}
 SAVE_TO_DRIVE = False  # @param {type:"boolean"}
 EPOCHS = 0  # @param {type:"integer"}
 ALLOW_CPU = False  # @param {type:"boolean"}
+REFERENCES = 0  # @param {type:"integer"}
 # Where the repository is published; the README's "Open in Colab" link names the same one (a test checks).
 REPO_URL = ""  # @param {type:"string"}
 
@@ -212,7 +216,7 @@ else:                                               # beside the code; test runs
 run_dir = mc.run_dir_for(RUN_NAME or colab.run_name_for(PRESET, DATA_PATH), CHECKPOINT_DIR)
 print(f"run folder: {run_dir}")
 cfg = mc.make_config(PRESET, data=DATA_PATH, epochs=EPOCHS or None, max_steps=150 if SMOKE else None,
-                     save_every_minutes=5)
+                     save_every_minutes=5, references=REFERENCES or None)
 summary = mc.train(cfg, run_dir, resume=True, skip_invalid=SKIP_INVALID, verbose=True)
 
 # %% [markdown]
@@ -237,18 +241,22 @@ display(Image(str(run_dir / "convergence.png")))
 # target, 0, which samples what the model learned for the label. A number overrides both: 0 samples
 # what the model learned for the condition, more pushes further toward it and, past what the data
 # support, exaggerates what sets the condition apart (charge, hydrophobicity).
+# `KNOWN_BINDERS`: with a run trained with `REFERENCES`, paste the known binders of a receptor (one per
+# line, none needed if it is in the data) and a column shows peptides the model writes reading them.
 
 # %%
 TARGET = ""  # @param {type:"string"}
 MIN_LENGTH = 8  # @param {type:"integer"}
 MAX_LENGTH = 12  # @param {type:"integer"}
 GUIDANCE = ""  # @param {type:"string"}
+KNOWN_BINDERS = """
+"""
 
 model = mc.load_run(run_dir)
 guidance = colab.guidance_setting(GUIDANCE)
 print(colab.tuning_summary(model))
 print(colab.sample_table(model, target=TARGET or model.vocab.targets[0], n=10, min_length=MIN_LENGTH,
-                      max_length=MAX_LENGTH, guidance=guidance))
+                      max_length=MAX_LENGTH, guidance=guidance, binders=KNOWN_BINDERS.split() or None))
 
 # %% [markdown]
 # ## 7b. Score and redesign

@@ -32,6 +32,7 @@ from reference_impl import (PeptideDataset, ReferenceTrainer, endless_batches, r
                             reference_sample)
 
 BENCH_BATCH = 256
+BENCH_REFERENCES = 4        # known binders a row reads in the step that reads them (--references)
 REFERENCE_BATCHES = 100     # the reference data path's batches per timing: about half a second on a CPU
 REFERENCE_NOTE = ("Reference: scripts/reference_impl.py, timed in turns with Mimir in this run: a per-sample "
                   "Dataset and DataLoader, nn.MultiheadAttention over the padded batch, default AdamW, .item() "
@@ -161,7 +162,8 @@ def padded_step(trainer, step):
 
 def bench_preset(name: str, rows: Rows, device, steps: int, warmup: int, dataset: PeptideDataset) -> dict:
     """A Trainer of preset `name` at batch 256: set-up time; the median times, after warm-up, of its step,
-    of the same step with the plain model, on the CPU with PAD rows computed, and of the reference's step
+    of the same step with the plain model, on the CPU with PAD rows computed, of a model that also reads
+    BENCH_REFERENCES known binders of each row's target (cfg.references), and of the reference's step
     (scripts/reference_impl.py: the plain model, holding the step's weights less the C-terminal embedding,
     reading `dataset`), all timed in turns so that they see the same machine load; FLOPs of a step as
     executed and padded, operators and syncs, peak memory."""
@@ -177,16 +179,21 @@ def bench_preset(name: str, rows: Rows, device, steps: int, warmup: int, dataset
         batches = (perm[b * BENCH_BATCH:(b + 1) * BENCH_BATCH] for b in itertools.cycle(range(len(perm) // BENCH_BATCH)))
         step = lambda: trainer.train_step(*trainer.train_data.batch(next(batches)))
         reference = ReferenceTrainer(cfg, trainer.vocab, dataset, trainer.device, trainer.model.state_dict())
+        known = Trainer(make_config(name, device=str(device), batch_size=BENCH_BATCH, references=BENCH_REFERENCES,
+                                    id_drop=0.5), Path(tmp) / f"{name}_references", rows=rows)
+        known.model.train()
+        known_step = lambda: known.train_step(*known.train_data.batch(next(batches)))     # the same split
         for _ in range(warmup):                         # the plain and padded steps share the step's state
             step()
             reference.step()
+            known_step()
         variants = {"step_s": step, "plain_step_s": lambda: plain_model_step(trainer, step),
-                    "reference_step_s": reference.step}
+                    "reference_step_s": reference.step, "references_step_s": known_step}
         if device.type == "cpu":                        # on a GPU every step computes PAD rows
             variants["padded_step_s"] = lambda: padded_step(trainer, step)
         medians = interleaved(variants, steps, trainer.device)
         medians.setdefault("padded_step_s", medians["step_s"])
-        del reference, variants
+        del reference, variants, known, known_step
         flops = {}
         for packed in (None, False):                    # as executed, then padded (what a GPU computes)
             trainer.model.pack_residues = packed
@@ -341,6 +348,9 @@ def format_benchmark(r: dict) -> str:
                   _secs(ref), speedup(p["step_s"], ref)),
                  (f"{name}: the same step without rotary attention and C-terminal embedding",
                   _secs(p["plain_step_s"]), "", f"{p['step_s'] / p['plain_step_s']:.2f}x the cost of the plain step"),
+                 (f"{name}: the same step reading {BENCH_REFERENCES} known binders of each row's target "
+                  f"(--references {BENCH_REFERENCES})", _secs(p["references_step_s"]), "",
+                  f"{p['references_step_s'] / p['step_s']:.2f}x the cost of the id-only step"),
                  *([(f"{name}: the same step computing PAD rows (as on a GPU)", _secs(p["padded_step_s"]), "",
                      f"{p['padded_step_s'] / p['step_s']:.2f}x from skipping them")] if not gpu else []),
                  (f"{name}: samples/s; epoch of 1,000,000 rows", f"{_si(BENCH_BATCH / p['step_s'])}; "

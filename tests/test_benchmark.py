@@ -57,6 +57,9 @@ def test_prints_and_writes_the_same_table_with_every_row(result):
             assert f"{name}: {what}" in rows
         plain = rows[f"{name}: the same step without rotary attention and C-terminal embedding"]
         assert re.fullmatch(r"\d+\.\d\dx the cost of the plain step", plain[2]), plain
+        known = rows[f"{name}: the same step reading {bench.BENCH_REFERENCES} known binders of each row's target "
+                     f"(--references {bench.BENCH_REFERENCES})"]
+        assert re.fullmatch(r"\d+\.\d\dx the cost of the id-only step", known[2]), known
     assert "load + validate + tokenize 5,000 rows" in rows and "data path share of a small step" in rows
     seconds, speedup = r"\d+(\.\d+)? m?s", r"\d+\.\d\dx"        # the reference's cells, measured in this run
     for name in ("tiny", "small"):

@@ -106,12 +106,13 @@ class OpLog(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_the_step_reads_nothing_on_the_host_and_freezes_no_value(fixture_csv, tmp_path):
+@pytest.mark.parametrize("settings", [{}, {"references": 2, "id_drop": 0.5, "reference_attention": True}])
+def test_the_step_reads_nothing_on_the_host_and_freezes_no_value(fixture_csv, tmp_path, settings):
     """Two steps with different learning rates run the same operators in the same order with the same
     non-tensor arguments (so a captured graph replays the step whatever its lr), and none reads a value
     back to the host. As on CUDA, the model does not pack residues; and as at a capture, a warm-up step has
-    made AdamW's state."""
-    trainer = mc.Trainer(tiny(fixture_csv), tmp_path / "run")
+    made AdamW's state. The same with known binders as references (drawn on the device, in the step)."""
+    trainer = mc.Trainer(tiny(fixture_csv, **settings), tmp_path / "run")
     trainer.model.pack_residues = False
     trainer.train_step(*trainer.train_data.batch(torch.arange(64, 128)))
     lrs = [mc.CudaGraphStep.lr_buffer(trainer.device) for _ in trainer.optimizer.param_groups]
@@ -164,11 +165,12 @@ def weights(run_dir):
     return mc.load_checkpoint(run_dir / "last.pt")["model"]
 
 
-def test_the_graph_step_trains_as_the_eager_step(fixture_csv, tmp_path, stand_in):
+@pytest.mark.parametrize("settings", [{}, {"references": 2, "id_drop": 0.5}])
+def test_the_graph_step_trains_as_the_eager_step(fixture_csv, tmp_path, stand_in, settings):
     """Warm-up steps are real steps (eager), then one capture and a replay per step: the same weights and
-    losses as the eager run, bit for bit."""
-    eager = mc.train(tiny(fixture_csv, epochs=2), tmp_path / "eager", progress=False)
-    trainer = mc.Trainer(tiny(fixture_csv, epochs=2, cuda_graph=True), tmp_path / "graph")
+    losses as the eager run, bit for bit (with references too: their draw is part of the step)."""
+    eager = mc.train(tiny(fixture_csv, epochs=2, **settings), tmp_path / "eager", progress=False)
+    trainer = mc.Trainer(tiny(fixture_csv, epochs=2, cuda_graph=True, **settings), tmp_path / "graph")
     assert isinstance(trainer.graph_step, mc.CudaGraphStep)
     trainer.run(progress=False)
     assert trainer.step == eager["step"] == 72
