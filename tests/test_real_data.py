@@ -41,3 +41,32 @@ def test_a_small_run_is_judged_beside_composition_nearest_neighbour_and_mutated_
     assert report["nearness"]["targets"] == 3 and 0 <= report["nearness"]["novel (median)"] <= 1
     out = capsys.readouterr().out
     assert "vs other_targets" in out and "model - nearest" in out and "model - mutated binders" in out
+
+
+def test_new_receptors_leave_training_whole_and_are_split_into_known_and_judged_binders(tmp_path):
+    path = write_fixture(tmp_path / "d.csv", n_background=100, n_per_target=8)
+    rows = mc.load_rows(path)
+    train_idx, held, _ = real_data.held_out_split(rows, 10, 0.2, 20, seed=0)
+    assert held == {}
+    kept, new = real_data.new_receptor_split(rows, train_idx, {"Q22222": ["x"]}, 5, (6, 9), seed=0)
+    assert sorted(new) == ["O33333", "P11111"]                              # Q22222 is judged within: never new
+    for target, (known, judged) in new.items():
+        assert len(known) == 4 and len(judged) == 4 and not set(known) & set(judged)
+        assert set(known) | set(judged) == {s for t, s in zip(rows.targets, rows.sequences) if t == target}
+    assert not {rows.targets[i] for i in kept} & set(new)
+    assert set(kept) | {i for i, t in enumerate(rows.targets) if t in new} == set(train_idx)
+    again = real_data.new_receptor_split(rows, train_idx, {"Q22222": ["x"]}, 5, (6, 9), seed=0)
+    assert again[1] == new
+
+
+def test_receptors_never_trained_on_are_judged_given_their_known_binders(tmp_path, capsys):
+    data = write_fixture(tmp_path / "d.csv", n_background=600, n_per_target=9)
+    real_data.main(["--data", str(data), "--out", str(tmp_path / "out"), "--preset", "tiny", "--set", "max_steps=40",
+                    "references=2", "id_drop=0.5", "--min-peptides", "20", "--background", "50", "--samples", "20",
+                    "--new-receptors", "3"])
+    new = json.loads((tmp_path / "out" / "base" / "real_data.json").read_text())["new receptors"]
+    assert new["receptors"] == 3 and new["known binders"] == 12 and new["judged binders"] == 15
+    assert set(new["generation"]["generators"]) == {"model", "mutated binders", "composition"}
+    assert new["generation"]["targets"] == 3 and len(new["score"]["targets"]) == 3
+    assert new["score"]["weighted"]["other_targets"]["positives"] == 15
+    assert "Receptors never trained on (3)" in capsys.readouterr().out
