@@ -127,15 +127,17 @@ def data_path(source: str, drive_data_path: str, new_upload: bool, uploads, driv
     return str(kept[0])
 
 
-def run_name_for(preset: str, data: str = "", prefix: str = "colab") -> str:
+def run_name_for(preset: str, data: str = "", prefix: str = "colab", references: int = 0) -> str:
     """A default run name that differs for different data: <prefix>_<preset>_demo, <prefix>_<preset>_real_pepnn
-    for the shipped real pairs, or <prefix>_<preset>_<file name>_<the first 8 hex digits of its sha256>."""
+    for the shipped real pairs, or <prefix>_<preset>_<file name>_<the first 8 hex digits of its sha256>; with
+    REFERENCES, _refs<R> after it, so a model that reads known binders never continues one that does not."""
+    suffix = f"_refs{references}" if references else ""
     if not data:
-        return f"{prefix}_{preset}_demo"
+        return f"{prefix}_{preset}_demo{suffix}"
     if Path(data).resolve() == REAL_DATA.resolve():
-        return f"{prefix}_{preset}_real_pepnn"
+        return f"{prefix}_{preset}_real_pepnn{suffix}"
     stem = re.sub(r"[^A-Za-z0-9]+", "_", Path(data).name.split(".")[0]).strip("_")[:24] or "data"
-    return f"{prefix}_{preset}_{stem}_{file_checksum(data)[:8]}"
+    return f"{prefix}_{preset}_{stem}_{file_checksum(data)[:8]}{suffix}"
 
 
 def plot_lengths(rows: Rows, out=None):

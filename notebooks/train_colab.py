@@ -59,8 +59,8 @@
 #   optional `source` column keeps each protein's peptides on one side of the held-out split).
 # - `SKIP_INVALID`: train on the valid rows of a file with problems (they are listed either way).
 # - `RUN_NAME`: empty means `colab_<preset>_demo`, `colab_<preset>_real_pepnn`, or
-#   `colab_<preset>_<file name>_<checksum>` for your data, so other data never continue an old run. The
-#   same name and data resume the same run.
+#   `colab_<preset>_<file name>_<checksum>` for your data (with `_refs<R>` when `REFERENCES` is set), so
+#   other data never continue an old run. The same name and data resume the same run.
 # - `SAVE_TO_DRIVE`: keep runs (and the code) on Google Drive, so a disconnect loses nothing.
 # - `EPOCHS`: 0 keeps the preset's number of epochs.
 # - `ALLOW_CPU`: train the medium or large preset on a CPU runtime anyway (hours).
@@ -213,7 +213,7 @@ if IN_COLAB:
     CHECKPOINT_DIR = DRIVE / "mimir" / "checkpoints" if SAVE_TO_DRIVE else CONTENT / "checkpoints"
 else:                                               # beside the code; test runs leave nothing in the repository
     CHECKPOINT_DIR = Path(tempfile.mkdtemp()) if SMOKE else code_dir / "checkpoints"
-run_dir = mc.run_dir_for(RUN_NAME or colab.run_name_for(PRESET, DATA_PATH), CHECKPOINT_DIR)
+run_dir = mc.run_dir_for(RUN_NAME or colab.run_name_for(PRESET, DATA_PATH, references=REFERENCES), CHECKPOINT_DIR)
 print(f"run folder: {run_dir}")
 cfg = mc.make_config(PRESET, data=DATA_PATH, epochs=EPOCHS or None, max_steps=150 if SMOKE else None,
                      save_every_minutes=5, references=REFERENCES or None)

@@ -357,6 +357,7 @@ def test_a_run_knows_its_data_and_continues_only_on_them(fixture_csv, tmp_path):
     with pytest.raises(mc.DataError, match=r"trained on .*data\.csv.*holds other data.*another run name \(--run-name\)"):
         mc.train(tiny(other, max_steps=12), run, resume=True, progress=False)
     assert mimir_colab.run_name_for("small", "") == "colab_small_demo"
+    assert mimir_colab.run_name_for("small", "", references=4) == "colab_small_demo_refs4"     # never the id-only run
     names = {mimir_colab.run_name_for("small", str(path)) for path in (fixture_csv, moved, other)}
     assert names == {f"colab_small_data_{mc.file_checksum(fixture_csv)[:8]}", f"colab_small_copy_{mc.file_checksum(moved)[:8]}",
                      f"colab_small_other_{mc.file_checksum(other)[:8]}"}
