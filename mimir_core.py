@@ -2654,12 +2654,14 @@ def row_references(run: Run, labels, targets: list, seed: int = 0):
         return None
     refs = torch.full((len(targets), run.cfg.references, MAX_LEN), PAD, dtype=torch.long, device=run.device)
     g = torch.Generator(run.device).manual_seed(seed)
-    labels = np.asarray(labels)
-    for target in sorted(set(targets) - {"", None}):
-        rows = np.flatnonzero((np.asarray(targets, dtype=object) == target) & (labels == 1))
-        drawn = reference_tokens(run, target, None, len(rows), g) if len(rows) else None
+    rows_of = {}                                        # target -> its label-1 rows, in one pass
+    for i, (label, target) in enumerate(zip(np.asarray(labels).tolist(), targets)):
+        if label == 1 and target:
+            rows_of.setdefault(target, []).append(i)
+    for target in sorted(rows_of):
+        drawn = reference_tokens(run, target, None, len(rows_of[target]), g)
         if drawn is not None:
-            refs[torch.from_numpy(rows).to(run.device)] = drawn
+            refs[torch.tensor(rows_of[target], device=run.device)] = drawn
     return refs
 
 

@@ -170,3 +170,14 @@ def test_a_receptor_given_by_its_binders_samples_at_the_guidance_tuned_for_that(
     assert mc.generate(run, 20, binders=given, seed=3) == mc.generate(run, 20, binders=given, seed=3, guidance=2.0)
     assert (mc.generate(run, 20, target="P11111", binders=given, seed=3)          # a known target: its own
             == mc.generate(run, 20, target="P11111", binders=given, seed=3, guidance=0.0))
+
+
+def test_each_evaluated_row_reads_binders_of_its_own_target(reference_run, trained_run):
+    run = mc.load_run(reference_run)
+    labels, targets = [1, 0, 1, 1], ["P11111", "", "O33333", "P11111"]
+    refs = mc.row_references(run, labels, targets)                       # (4, R, MAX_LEN)
+    assert refs.shape == (4, run.cfg.references, mc.MAX_LEN) and (refs[1] == mc.PAD).all()   # background: none
+    for row, target in ((0, "P11111"), (2, "O33333"), (3, "P11111")):
+        assert set(run.vocab.decode(refs[row])) <= set(run.stats["binders"][target])
+    assert torch.equal(refs, mc.row_references(run, labels, targets))     # seeded
+    assert mc.row_references(mc.load_run(trained_run), labels, targets) is None
