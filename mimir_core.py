@@ -99,6 +99,7 @@ class Config:
     # diffusion
     n_steps: int = 10               # T, the number of diffusion steps
     hybrid_coeff: float = 0.0       # loss = ce + hybrid_coeff * vb
+    noise: str = "uniform"          # uniform (D3PM's) or absorbing (masked diffusion; see D3PM)
     cond_drop: float = 0.1          # probability of dropping the condition (classifier-free guidance)
     label1_repeat: int = 8          # each epoch shows every label-1 training row this many times
     references: int = 0             # known binders of its target each row reads (0: the target id alone)
@@ -155,6 +156,7 @@ def config_from_saved(saved: dict) -> Config:
 
 
 MAX_REFERENCES = 32                # known binders a row can read
+NOISES = ("uniform", "absorbing")               # the forward process (see D3PM)
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")     # the training step's precision on a GPU (the CPU trains in fp32)
 DEVICES = "auto, cpu, cuda, cuda:N"     # auto: CUDA when a GPU is visible, else the CPU
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
@@ -188,6 +190,7 @@ SETTING_RANGES = {
     "log_every": (">= 1", lambda v: v >= 1),
     "device": (f"one of {DEVICES}", lambda v: re.fullmatch(DEVICE_PATTERN, v) is not None),
     "precision": ("one of " + ", ".join(PRECISIONS), lambda v: v in PRECISIONS),
+    "noise": ("one of " + ", ".join(NOISES), lambda v: v in NOISES),
 }
 
 
@@ -1244,7 +1247,7 @@ class X0Transformer(nn.Module):
     def __init__(self, cfg: Config, vocab_size: int, num_targets: int):
         super().__init__()
         self.dim, self.head_dim, self.rotary = cfg.dim, cfg.dim // cfg.n_heads, cfg.rotary
-        self.tok_emb = nn.Embedding(vocab_size, cfg.dim)
+        self.tok_emb = nn.Embedding(vocab_size + (cfg.noise == "absorbing"), cfg.dim)   # + MASK, last
         self.pos_emb = nn.Embedding(MAX_LEN, cfg.dim)                # distance from the N-terminus
         self.cterm_emb = nn.Embedding(MAX_LEN, cfg.dim) if cfg.termini else None   # ... from the C-terminus
         self.label_emb = nn.Embedding(3, cfg.dim)                   # background, interacting, unknown
@@ -1314,28 +1317,43 @@ def count_params(model: nn.Module) -> int:
 
 
 class D3PM:
-    """Forward process q(x_t | x_{t-1}) = Cat(x_t; Q_t[x_{t-1}]), Q_t = (1 - beta_t) I + beta_t / K,
-    on residue indices 0..K-1 (token - 1). Index 0 of the stacked matrices is the identity, so
+    """Forward process q(x_t | x_{t-1}) = Cat(x_t; Q_t[x_{t-1}]) on residue indices 0..K-1 (token - 1).
+    noise "uniform" (the D3PM paper's): Q_t = (1 - beta_t) I + beta_t / K, and x_T is uniform over the letters.
+    noise "absorbing" (masked diffusion, as MDLM): a residue turns into a MASK state (index K, token K + 1)
+    with probability beta_t and stays there; x_T is all MASK, and a residue still unmasked is known to be x0's.
+    S is the number of states (K, or K + 1 with MASK). Index 0 of the stacked matrices is the identity, so
     Qbar[t - 1] is defined for every t in 1..T."""
 
-    def __init__(self, num_letters: int, n_steps: int, device="cpu"):
+    def __init__(self, num_letters: int, n_steps: int, device="cpu", noise: str = "uniform"):
         K, T = num_letters, n_steps
-        self.K, self.T = K, T
+        S = K + (noise == "absorbing")
+        self.K, self.S, self.T, self.noise = K, S, T, noise
         s = 0.008                                       # cosine schedule (Nichol & Dhariwal), alpha_bar(T) = 0
         steps = torch.arange(T + 1, dtype=torch.float64) / T
         alpha_bar = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
         betas = (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(0.0, 1.0)
-        eye, uniform = torch.eye(K, dtype=torch.float64), torch.full((K, K), 1.0 / K, dtype=torch.float64)
-        Q = [eye] + [(1 - b) * eye + b * uniform for b in betas]
+        eye, jump = torch.eye(S, dtype=torch.float64), torch.full((S, S), 1.0 / K, dtype=torch.float64)
+        if noise == "absorbing":                        # where a state goes when it moves: MASK
+            jump = torch.zeros((S, S), dtype=torch.float64)
+            jump[:, K] = 1.0
+        Q = [eye] + [(1 - b) * eye + b * jump for b in betas]
         Qbar = [eye]
         for t in range(1, T + 1):
             Qbar.append(Qbar[-1] @ Q[t])
         self.betas = betas.float().to(device)
-        self.Q = torch.stack(Q).float().to(device)          # (T+1, K, K)
-        self.Qbar = torch.stack(Qbar).float().to(device)    # (T+1, K, K)
+        self.Q = torch.stack(Q).float().to(device)          # (T+1, S, S)
+        self.Qbar = torch.stack(Qbar).float().to(device)    # (T+1, S, S)
+        self.stationary = jump[0].float().to(device)        # (S,) q(x_T), whatever x0 was
+
+    def prior_sample(self, n: int, width: int, generator=None):
+        """x_T residue indices (n, width): uniform letters, or all MASK."""
+        dev = self.Q.device
+        if self.noise == "absorbing":
+            return torch.full((n, width), self.K, dtype=torch.long, device=dev)
+        return torch.randint(0, self.K, (n, width), device=dev, generator=generator)
 
     def q_probs(self, x0r, t):
-        """q(x_t | x0) as probabilities (B, L, K) for residue indices x0r (B, L) and steps t (B,)."""
+        """q(x_t | x0) as probabilities (B, L, S) for residue indices x0r (B, L) and steps t (B,)."""
         return self.Qbar[t[:, None], x0r]
 
     def q_sample(self, x0, t, generator=None, uniforms=None):
@@ -1351,15 +1369,17 @@ class D3PM:
         q(x_t | a); so each term is the true posterior, q(x_{t-1}=j | x_t, a) = Q_t[j, x_t] Qbar_{t-1}[a, j]
         / Qbar_t[a, x_t], not the joint q(x_{t-1}, x_t | a) of D3PM's vb-trained form, which would count
         the likelihood twice (a loose bound, and a sampler that clings to x_t). At t = 1 this is p(x0 | x_1)."""
-        weights = x0_probs / self.Qbar[t[:, None], :, xtr]                  # p(a | x_t) / Qbar_t[a, x_t]
-        return self._bayes(xtr, t, torch.einsum("blk,bkj->blj", weights, self.Qbar[t - 1]))
+        likelihood = self.Qbar[t[:, None], :, xtr][..., :self.K]          # Qbar_t[a, x_t] for letters a
+        # a letter that cannot reach x_t (absorbing noise: any but x_t itself when x_t is unmasked) gets no weight
+        weights = x0_probs / likelihood.clamp_min(1e-30) * (likelihood > 0)   # p(a | x_t) / Qbar_t[a, x_t]
+        return self._bayes(xtr, t, torch.einsum("blk,bkj->blj", weights, self.Qbar[t - 1, :self.K]))
 
     def true_posterior(self, xtr, t, x0r):
         """q(x_{t-1} | x_t, x0) for known residues x0r (B, L): posterior() of a one-hot x0, as a gather."""
         return self._bayes(xtr, t, self.Qbar[t[:, None] - 1, x0r])
 
     def _bayes(self, xtr, t, prev_probs):
-        """q(x_{t-1} = j | x_t, .) ∝ q(x_t | x_{t-1} = j) * prev_probs[..., j], prev_probs (B, L, K)."""
+        """q(x_{t-1} = j | x_t, .) ∝ q(x_t | x_{t-1} = j) * prev_probs[..., j], prev_probs (B, L, S)."""
         unnorm = self.Q[t[:, None], :, xtr] * prev_probs                   # Q[t][j, x_t] for every j
         return unnorm / unnorm.sum(-1, keepdim=True).clamp_min(1e-30)
 
@@ -1396,7 +1416,7 @@ class D3PM:
 def heldout_bound_nats(model, diffusion: D3PM, x0, label, target_id, generator=None, batch_size: int = 512,
                        n_draws: int = 1, seed: int | None = None, refs=None):
     """The D3PM variational bound -log p(x0 | length) >= ... per sequence, in nats, (N,): the prior term
-    KL(q(x_T | x0) || uniform), the KL terms of every step t = 2..T and the reconstruction term
+    KL(q(x_T | x0) || q(x_T)), the KL terms of every step t = 2..T and the reconstruction term
     -log p(x0 | x_1) (the t = 1 term of ce_and_vb), each with x_t ~ q(x_t | x0), as d3pm's calc_bpd_loop.
     With n_draws > 1 the step terms are averaged over that many draws of the x_t. With a seed the x_t come
     from peptide_noise instead of `generator`: a sequence's bound then depends on nothing but the seed
@@ -1414,10 +1434,11 @@ def heldout_bound_nats(model, diffusion: D3PM, x0, label, target_id, generator=N
         rb = None if refs is None else refs[start:start + batch_size].to(dev).long()
         pad_mask, x0r, B = xb != PAD, (xb - 1).clamp_min(0), xb.shape[0]
         q_T = d.q_probs(x0r, torch.full((B,), d.T, device=dev))
-        prior = (torch.special.xlogy(q_T, q_T * d.K).sum(-1) * pad_mask).sum(-1)
+        kl_T = torch.special.xlogy(q_T, q_T) - torch.special.xlogy(q_T, d.stationary)    # KL(q(x_T | x0) || q(x_T))
+        prior = (kl_T.sum(-1) * pad_mask).sum(-1)
         steps = torch.zeros(B, device=dev)
         for draw in range(n_draws):
-            noise = peptide_noise(xb, seed, draw, d.T, d.K).to(dev) if seed is not None else None
+            noise = peptide_noise(xb, seed, draw, d.T, d.S).to(dev) if seed is not None else None
             for t in range(1, d.T + 1):
                 t_b = torch.full((B,), t, device=dev)
                 xt, xtr = d.q_sample(xb, t_b, generator, None if noise is None else noise[:, t - 1])
@@ -1429,12 +1450,12 @@ def heldout_bound_nats(model, diffusion: D3PM, x0, label, target_id, generator=N
     return torch.cat(out)
 
 
-def peptide_noise(x0, seed: int, draw: int, n_steps: int, num_letters: int):
-    """Uniforms (B, n_steps, L, K) for drawing x_1..x_T of each row of x0 (B, L), from a generator seeded
+def peptide_noise(x0, seed: int, draw: int, n_steps: int, num_states: int):
+    """Uniforms (B, n_steps, L, S) for drawing x_1..x_T of each row of x0 (B, L), from a generator seeded
     by (seed, draw, the row's residues): a peptide gets the same noise in any batch, at any row, any width."""
     salt, g = zlib.crc32(f"{seed}/{draw}".encode()), torch.Generator()
     keys = [zlib.crc32(r[r != PAD].tobytes(), salt) for r in x0.to("cpu", torch.uint8).numpy()]
-    noise = [torch.rand((n_steps, MAX_LEN, num_letters), generator=g.manual_seed(k)) for k in keys]
+    noise = [torch.rand((n_steps, MAX_LEN, num_states), generator=g.manual_seed(k)) for k in keys]
     return torch.stack(noise)[:, :, :x0.shape[1]]
 
 
@@ -2189,7 +2210,7 @@ class Trainer:
         rows = rows if rows is not None else load_rows(cfg.data or None, skip_invalid=skip_invalid)
         self.vocab = Vocab(ckpt["letters"], ckpt["targets"]) if ckpt else Vocab.from_rows(rows)
         self.put_data_on_device(rows, skip_invalid, check=ckpt is not None)
-        self.diffusion = D3PM(len(self.vocab.letters), cfg.n_steps, self.device)
+        self.diffusion = D3PM(len(self.vocab.letters), cfg.n_steps, self.device, cfg.noise)
         self.model = build_model(cfg, self.vocab, self.device)
         self.optimizer = make_optimizer(self.model, cfg)
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if cfg.ema_decay else None
@@ -2484,7 +2505,8 @@ def new_run(cfg: Config, vocab: Vocab, device, weights: dict | None = None, stat
     model = build_model(cfg, vocab)
     if weights is not None:
         model.load_state_dict(weights)
-    return Run(cfg, vocab, model.to(device).eval(), D3PM(len(vocab.letters), cfg.n_steps, device), stats or {},
+    diffusion = D3PM(len(vocab.letters), cfg.n_steps, device, cfg.noise)
+    return Run(cfg, vocab, model.to(device).eval(), diffusion, stats or {},
                device, Path(run_dir), tuning or {})
 
 
@@ -2555,7 +2577,7 @@ def sample_tokens(run: Run, lengths, label: int, target_id: int, guidance: float
         blocked = torch.tensor([c not in RESIDUES for c in run.vocab.letters], device=dev)
     start_step = T if start_step is None else start_step
     if x0 is None:
-        xtr = torch.randint(0, K, (n, width), device=dev, generator=generator)
+        xtr = run.diffusion.prior_sample(n, width, generator)
     else:
         x0 = x0[:, :width].to(dev).long()
         _, xtr = run.diffusion.q_sample(x0, torch.full((n,), start_step, device=dev), generator)
@@ -3151,7 +3173,7 @@ def add_model_args(p):
 TRAIN_FLAGS = ("epochs", "max_steps", "batch_size", "lr", "seed", "device", "save_every_minutes", "dim", "n_layers",
                "n_heads", "n_steps", "hybrid_coeff", "warmup", "cond_drop", "label1_repeat", "dropout", "rotary",
                "termini", "ema_decay", "data", "compile", "precision", "cuda_graph", "references", "id_drop",
-               "reference_attention")
+               "reference_attention", "noise")
 
 
 def cmd_train(args):
@@ -3352,6 +3374,9 @@ def add_train_parser(sub):
                         "batch/N rows of every global batch; an explicit --batch-size is per process.")
     p.add_argument("--device", default=None, type=device_arg, help=f"one of {DEVICES} (default auto)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (CUDA; slower start)")
+    p.add_argument("--noise", default=None, choices=list(NOISES),
+                   help="the forward process: uniform (default; residues turn into random letters) or absorbing "
+                        "(residues turn into a MASK, as masked diffusion)")
     p.add_argument("--precision", default=None, choices=list(PRECISIONS),
                    help="the step's precision on a GPU (default auto: bf16 on compute capability 8.0+, fp16 with a "
                         "gradient scaler before; fp32: no autocast). The CPU trains in fp32.")
