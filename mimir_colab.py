@@ -57,8 +57,11 @@ def tuning_summary(run: Run) -> str:
     tuning = run.tuning
     if not tuning:
         return "this run has not tuned itself (it was trained by an older version): guidance 0, score by background"
-    return (f"the run's own guidance for a target: {tuning['guidance']:g} ({tuning['why']}); its score weighs the "
-            f"background ratio {tuning['score_mix']:g} and the target ratio {1 - tuning['score_mix']:g}")
+    made = (f"the best 1 of {tuning['rank']} candidates ({tuning['pool']}) by its score ({tuning['rank_why']})"
+            if tuning.get("rank", 1) > 1 else "its samples")
+    return (f"the run's own guidance for a target: {tuning['guidance']:g} ({tuning['why']}); its peptides for a "
+            f"target: {made}; its score weighs the background ratio {tuning['score_mix']:g} and the target ratio "
+            f"{1 - tuning['score_mix']:g}")
 
 
 def sample_table(run: Run, target: str | None = None, n: int = 10, min_length: int = MIN_LEN,

@@ -1035,6 +1035,52 @@ def novel_peptides(peptides: list, training: list, n: int | None = None) -> tupl
     return [p for p, ok in zip(peptides, novel) if ok][:n], float(novel.mean()) if len(peptides) else 0.0
 
 
+# --- known binders mutated by hand: a baseline, and proposals the model ranks (see rank_candidates) ---
+
+def standard_composition(comp) -> np.ndarray:
+    """A composition over the vocabulary's letters cut to RESIDUES (the letters samples use), renormalized."""
+    comp = np.asarray(comp, float)[:len(RESIDUES)]
+    return comp / comp.sum()
+
+
+def substitution_probs(comp) -> np.ndarray:
+    """(20, 20) over RESIDUES: P(b | a), the chance that a hand-made substitution turns residue a into b (never a
+    itself), proportional to comp[b] * 2^(BLOSUM62[a, b] / 2): BLOSUM62 scores are half-bit log-odds of a and b
+    aligned in related proteins over chance, so this is the matrix's own model of a conservative substitution."""
+    index = BLOSUM62_INDEX[np.frombuffer(RESIDUES.encode(), dtype=np.uint8)]
+    odds = 2.0 ** (BLOSUM62[index[:, None], index[None, :]] / 2) * standard_composition(comp)[None, :]
+    np.fill_diagonal(odds, 0)
+    return odds / odds.sum(1, keepdims=True)
+
+
+def mutated_binders(training: list, n: int, substitutions, rng) -> list:
+    """n variants of known binders, made as a biologist would by hand: a training peptide of the target picked
+    at random, then substitutions (substitution_probs) at positions not changed yet, one a round, until the
+    variant is novel (under NOVEL_IDENTITY to every training peptide): the baseline a generator must beat at
+    matched novelty."""
+    index = {c: i for i, c in enumerate(RESIDUES)}
+    parents = [training[i] for i in rng.integers(0, len(training), n)]
+    variants = [list(p) for p in parents]
+    untouched = [list(rng.permutation(len(v))) for v in variants]
+    todo = list(range(n))
+    while todo:
+        for i in todo:
+            spots = untouched[i] or [int(rng.integers(len(variants[i])))]
+            pos = spots.pop()
+            old = variants[i][pos]
+            probs = substitutions[index[old]] if old in index else np.full(len(RESIDUES), 1 / len(RESIDUES))
+            variants[i][pos] = RESIDUES[rng.choice(len(RESIDUES), p=probs)]
+        made = ["".join(variants[i]) for i in todo]
+        # still this close to its own parent: not novel, and no need to align it to every training peptide
+        _, same = align_pairs(made, [parents[i] for i in todo])
+        near_parent = same / np.array([len(v) for v in made]) >= NOVEL_IDENTITY
+        away = [k for k, near in enumerate(near_parent) if not near]
+        near_any = near_parent.copy()
+        near_any[away] = best_identity([made[k] for k in away], training) >= NOVEL_IDENTITY
+        todo = [i for i, near in zip(todo, near_any) if near]
+    return ["".join(v) for v in variants]
+
+
 def auroc_wins(pos, neg) -> np.ndarray:
     """(n_pos, n_neg): 1 where a positive scores above a negative, 0.5 on a tie, 0 below; its mean is the AUROC."""
     diff = np.asarray(pos, dtype=float)[:, None] - np.asarray(neg, dtype=float)[None, :]
@@ -2718,6 +2764,26 @@ def run_guidance(run: Run, guidance: float | None = None, target: str | None = "
     return float(run.tuning.get("guidance", DEFAULT_GUIDANCE)) if target else DEFAULT_GUIDANCE
 
 
+RANK_POOL = 4           # candidates per peptide when a run ranks them (ranked_batches)
+MAX_RANK = 64
+POOLS = ("mixed", "mutants")    # the candidates: half the model's samples and half mutated binders, or only these
+
+
+def run_ranking(run: Run, rank: int | None = None, pool: str | None = None, target: str | None = "any",
+                binders: list | None = None) -> tuple[int, str]:
+    """(rank, pool): how many candidates the model ranks for every peptide it returns (1: plain sampling) and
+    what they are (POOLS). Each is the one asked for; else (None), for a target, the run's own choice
+    (tuning.json `rank` and `pool`, tuned beside its guidance); for a receptor given only by its known
+    binders, `binders_rank` and `binders_pool`; else 1 (a label alone has nothing to rank by) and mixed."""
+    if pool is not None and pool not in POOLS:
+        raise DataError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
+    if rank is not None and (not 1 <= rank <= MAX_RANK or int(rank) != rank):
+        raise DataError(f"rank must be a whole number from 1 (plain sampling) to {MAX_RANK}, not {rank}")
+    own = "binders_" if not target and binders else "" if target else None
+    tuned = lambda key, default: run.tuning.get(own + key, default) if own is not None else default
+    return int(tuned("rank", 1) if rank is None else rank), pool or tuned("pool", POOLS[0])
+
+
 def sample_batches(run: Run, n: int, lengths_of, label: int, target: str | None, guidance: float | None,
                    standard_only: bool, seed: int, batch_size: int, x0=None, start_step: int | None = None, keep=None,
                    binders: list | None = None):
@@ -2742,21 +2808,67 @@ def sample_batches(run: Run, n: int, lengths_of, label: int, target: str | None,
 def generate_batches(run, n: int = 100, label: int = 1, target: str | None = None, min_length: int = MIN_LEN,
                      max_length: int = MAX_LEN, seed: int = 0, guidance: float | None = None,
                      standard_only: bool = True, batch_size: int = GENERATE_BATCH, checkpoint: str = "best",
-                     device: str = "auto", binders: list | None = None):
+                     device: str = "auto", binders: list | None = None, rank: int | None = None,
+                     pool: str | None = None):
     """n peptides for a condition (label 1 or 0; a target implies label 1; no target: any target), their
     lengths drawn from the training lengths within [min_length, max_length], batch by batch as they are
     made. `run`: a Run, or a run folder or model file (loaded with `checkpoint` on `device`). `binders`: known
     binders the peptides read in place of the target's training binders, or, with no target, a receptor's
-    the run never saw (a run trained with references; see reference_tokens)."""
+    the run never saw (a run trained with references; see reference_tokens). `rank` K > 1: for a target (or
+    binders), K candidates for every peptide returned, of which the model's score keeps the best
+    (ranked_batches): with `pool` "mixed", half the model's samples and half the target's known binders
+    mutated by hand until novel; with "mutants", only these (the samples alone for a target with none).
+    None: the run's own choice (run_ranking)."""
     run = as_run(run, checkpoint, device)
     binders = None if binders is None else check_binders(run, binders)
     if not MIN_LEN <= min_length <= max_length <= MAX_LEN:
         raise DataError(f"length range {min_length}-{max_length} must lie within {MIN_LEN}-{MAX_LEN}")
+    rank, pool = run_ranking(run, rank, pool, target, binders) if label == 1 else (1, None)
     # Lengths are drawn batch by batch from one generator: the same stream, so the same peptides for a seed,
     # as drawing all n at once (which took 8 bytes a peptide before the first was made).
     rng, p = np.random.default_rng(seed), length_probs(run, label, target, min_length, max_length, binders)
-    yield from sample_batches(run, n, lambda m: rng.choice(MAX_LEN + 1, size=m, p=p), label, target, guidance,
-                              standard_only, seed, batch_size, binders=binders)
+    lengths_of = lambda m: rng.choice(MAX_LEN + 1, size=m, p=p)
+    if rank == 1:
+        yield from sample_batches(run, n, lengths_of, label, target, guidance, standard_only, seed, batch_size,
+                                  binders=binders)
+        return
+    known = binders if binders is not None else run.stats.get("binders", {}).get(target, [])
+    parents = [b for b in known if min_length <= len(b) <= max_length and (set(b) <= set(RESIDUES) or not
+                                                                           standard_only)]
+    mutants = (rank if pool == "mutants" else rank // 2) if parents else 0      # per peptide returned
+    samples = itertools.repeat([]) if mutants == rank else sample_batches(
+        run, n * (rank - mutants), lengths_of, label, target, guidance, standard_only, seed,
+        batch_size * (rank - mutants), binders=binders)
+    rng_m = np.random.default_rng([seed, 1])
+    substitutions = substitution_probs(run.stats.get("composition", np.ones(len(run.vocab.letters))))
+    candidates = (batch + (mutated_binders(parents, mutants * min(batch_size, n - start), substitutions, rng_m)
+                           if mutants else [])
+                  for start, batch in zip(range(0, n, batch_size), samples))
+    yield from ranked_batches(run, candidates, n, known, target, binders, seed, batch_size)
+
+
+def ranked_batches(run: Run, candidates, n: int, known: list, target: str | None, binders: list | None, seed: int,
+                   batch_size: int):
+    """Best-of-K generation, batch by batch: for every batch of m peptides, the next batch of K m `candidates`
+    (the model's samples and the target's known binders mutated by hand until novel, see generate_batches)
+    scored for the target by the model (score, the run's mix); the best m that are novel
+    (under NOVEL_IDENTITY to every `known` binder) are returned, best first, then, if too few are, the best of
+    the rest. The model is a better judge of a peptide than it is a writer of one: on real pairs its best
+    quarter of such candidates was more specific to its receptor than its own samples or the mutants (README,
+    "On real data"). Which pool serves best differs: it rates its own samples above the mutants (its
+    likelihood favours what it writes), which helps a target it has learned and not a receptor it knows only
+    by a few binders; the run tunes it."""
+    for start, proposals in zip(range(0, n, batch_size), candidates):
+        m = min(batch_size, n - start)
+        scores = np.array([r["score"] for r in score(run, proposals, target, seed=seed, binders=binders)])
+        order = np.argsort(-scores, kind="stable")
+        novel = np.zeros(len(proposals), dtype=bool)
+        for part in (order[:2 * m], order[2 * m:]):     # the best first: most often enough of them are novel
+            novel[part] = best_identity([proposals[i] for i in part], known) < NOVEL_IDENTITY if known else True
+            if novel.sum() >= m:
+                break
+        best = [i for i in order if novel[i]][:m]
+        yield [proposals[i] for i in best + [i for i in order if not novel[i]][:m - len(best)]]
 
 
 def variant_batches(run, parent: str, n: int = 100, strength: float = DEFAULT_STRENGTH, label: int = 1,
@@ -2930,7 +3042,7 @@ TUNE_TARGETS = 40           # validation targets used at most: those with the mo
 MIN_TUNE_TARGETS = 3        # fewer targets with validation binders: nothing to tune on
 MIN_NOVEL, MIN_UNIQUE = 0.9, 0.95      # a guidance whose peptides copy or repeat more is not a candidate
 SCORE_MIXES = (0.0, 0.25, 0.5, 0.75, 1.0)
-TUNING_VERSION = 2          # a run tuned by another version of the sampler or the choice tunes itself again
+TUNING_VERSION = 3          # a run tuned by another version of the sampler or the choice tunes itself again
 
 
 def tuning_targets(validation: dict) -> list:
@@ -2957,21 +3069,23 @@ def js_divergence(p, q) -> float:
 
 
 def guidance_figures(run: Run, guidance: float, validation: dict, targets: list, seed: int,
-                     by_binders: bool = False) -> dict:
+                     by_binders: bool = False, rank: int = 1, pool: str = POOLS[0]) -> dict:
     """How the run's peptides at this guidance serve its validation targets: their specificity to the targets'
     held-out binders at matched novelty (the first TUNE_KEEP novel ones of TUNE_PEPTIDES; see specificity),
     per target and on average; the fraction of them that is novel and unique; and the JS distance of their
     composition from the targets' training binders' (pooled, targets weighted alike). by_binders: each target
-    given only by its training binders, as a receptor the run never saw is (a run that reads references)."""
+    given only by its training binders, as a receptor the run never saw is (a run that reads references).
+    rank, pool: the best of that many candidates per peptide, from that pool (generate_batches)."""
     trained, made, kept, novel = validation["trained"], {}, {}, []
     for t in targets:
         condition = dict(binders=trained[t]) if by_binders else dict(target=t)
-        made[t] = generate(run, TUNE_PEPTIDES, guidance=guidance, seed=seed, **condition)
+        made[t] = generate(run, TUNE_PEPTIDES, guidance=guidance, seed=seed, rank=rank, pool=pool, **condition)
         kept[t], fraction = novel_peptides(made[t], trained[t], TUNE_KEEP)
         novel.append(fraction)
     per_target = specificity(kept, validation["binders"])
     samples = pooled_composition({t: k or made[t] for t, k in kept.items()}, targets, run.vocab)
-    return {"guidance": guidance, "specificity": float(np.mean(list(per_target.values()))), "per_target": per_target,
+    return {"guidance": guidance, "rank": rank, "pool": pool, "specificity": float(np.mean(list(per_target.values()))),
+            "per_target": per_target,
             "novel": float(np.mean(novel)), "unique": float(np.mean([len(set(m)) / len(m) for m in made.values()])),
             "composition_js": js_divergence(samples, pooled_composition(trained, targets, run.vocab))}
 
@@ -3001,27 +3115,58 @@ def choose_guidance(figures: list, composition_limit: float) -> tuple[float, str
             + left_out
     best = max(ok, key=lambda f: f["specificity"])
     for f in sorted(ok, key=lambda f: f["guidance"]):
-        gap = np.array([best["per_target"][t] - f["per_target"][t] for t in best["per_target"]])
-        se = gap.std(ddof=1) / math.sqrt(len(gap)) if len(gap) > 1 else 0.0
-        if gap.mean() <= 2 * se:
+        gap, se = paired_gap(best, f)
+        if gap <= 2 * se:
             break
     return f["guidance"], (f"specificity {f['specificity']:.3f} on the validation binders, within 2 SE of the most "
                            f"specific candidate ({best['guidance']:g}: {best['specificity']:.3f}){left_out}")
 
 
+def paired_gap(a: dict, b: dict) -> tuple[float, float]:
+    """(mean, SE) over targets of a's specificity minus b's (guidance_figures), paired by target."""
+    gap = np.array([a["per_target"][t] - b["per_target"][t] for t in a["per_target"]])
+    return float(gap.mean()), float(gap.std(ddof=1) / math.sqrt(len(gap))) if len(gap) > 1 else 0.0
+
+
 def tune_guidance(run: Run, validation: dict, seed: int = 0, by_binders: bool = False) -> dict:
     """The guidance that serves the run's validation targets best (choose_guidance over GUIDANCE_GRID), with
-    the figures behind the choice; DEFAULT_GUIDANCE when fewer than MIN_TUNE_TARGETS targets have validation
-    binders. by_binders: for the targets given only by their known binders (guidance_figures)."""
+    the figures behind the choice, then whether to rank RANK_POOL candidates per peptide at that guidance, and
+    from which pool (choose_rank); DEFAULT_GUIDANCE and no ranking when fewer than MIN_TUNE_TARGETS targets
+    have validation binders. by_binders: for the targets given only by their known binders (guidance_figures)."""
     targets = tuning_targets(validation)
     if len(targets) < MIN_TUNE_TARGETS:
         return {"guidance": DEFAULT_GUIDANCE, "why": f"only {len(targets)} target(s) have held-out binders (at least "
-                f"{MIN_TUNE_TARGETS} are needed to tune on): guidance stays {DEFAULT_GUIDANCE:g}", "grid": []}
+                f"{MIN_TUNE_TARGETS} are needed to tune on): guidance stays {DEFAULT_GUIDANCE:g}", "grid": [],
+                "rank": 1, "pool": POOLS[0], "rank_why": "nothing to tune on", "rank_grid": []}
     figures = [guidance_figures(run, g, validation, targets, seed, by_binders) for g in GUIDANCE_GRID]
     limit = js_divergence(pooled_composition(validation["binders"], targets, run.vocab),
                     pooled_composition(validation["trained"], targets, run.vocab))
     guidance, why = choose_guidance(figures, limit)
-    return {"guidance": guidance, "why": why, "targets": len(targets), "composition_limit": limit, "grid": figures}
+    plain = next(f for f in figures if f["guidance"] == guidance)
+    ranked = [guidance_figures(run, guidance, validation, targets, seed, by_binders, RANK_POOL, pool)
+              for pool in POOLS]
+    rank, pool, rank_why = choose_rank(plain, ranked, limit)
+    return {"guidance": guidance, "why": why, "targets": len(targets), "composition_limit": limit, "grid": figures,
+            "rank": rank, "pool": pool, "rank_why": rank_why, "rank_grid": ranked}
+
+
+def choose_rank(plain: dict, ranked: list, composition_limit: float) -> tuple[int, str, str]:
+    """(rank, pool, why): of the ranked peptides (guidance_figures with rank RANK_POOL, one per pool) that pass
+    guidance_guard, the most specific, if it is more specific than the plain samples by more than 2 SE (paired
+    over targets); else rank 1."""
+    said, ok = [], []
+    for f in ranked:
+        gap, se = paired_gap(f, plain)
+        refused = guidance_guard(f, composition_limit)
+        said.append(f"{f['pool']} {f['specificity']:.3f} ({gap:+.3f} ± {se:.3f}{'; ' + refused if refused else ''})")
+        if not refused and gap > 2 * se:
+            ok.append(f)
+    why = (f"the best 1 of {RANK_POOL} by the model's score, specificity against {plain['specificity']:.3f} "
+           f"sampled: " + ", ".join(said))
+    if not ok:
+        return 1, POOLS[0], why + "; none better by 2 SE within the guards"
+    best = max(ok, key=lambda f: f["specificity"])
+    return best["rank"], best["pool"], why
 
 
 def tune_score_mix(run: Run, validation: dict, seed: int = 0) -> dict:
@@ -3059,9 +3204,9 @@ def tune_score_mix(run: Run, validation: dict, seed: int = 0) -> dict:
 
 
 def tune_run(run_dir, validation: dict, seed: int = 0, device: str = "auto") -> dict:
-    """The run chooses its guidance and its score's mix on its validation split (tune_guidance, tune_score_mix)
-    with the weights it samples with (best.pt), and writes them to tuning.json; a run already tuned at that
-    checkpoint by this version (TUNING_VERSION) keeps its tuning."""
+    """The run chooses its score's mix, then its guidance and whether to rank, on its validation split
+    (tune_score_mix, tune_guidance) with the weights it samples with (best.pt), and writes them to tuning.json;
+    a run already tuned at that checkpoint by this version (TUNING_VERSION) keeps its tuning."""
     run_dir = Path(run_dir)
     path = checkpoint_path(run_dir)
     step = load_checkpoint(path)["step"]
@@ -3071,18 +3216,22 @@ def tune_run(run_dir, validation: dict, seed: int = 0, device: str = "auto") -> 
     run = load_run(run_dir, device=device)
     t0 = time.time()
     mix = tune_score_mix(run, validation, seed)
+    run.tuning = {"score_mix": mix["score_mix"]}        # what ranked candidates are scored with (choose_rank)
     tuning = {"version": TUNING_VERSION, "checkpoint": path.name, "step": step, **tune_guidance(run, validation, seed),
               "score_mix": mix["score_mix"], "score_why": mix["why"], "score_grid": mix["grid"]}
     if run.cfg.references:              # a receptor given only by its known binders: a guidance of its own
         by_binders = tune_guidance(run, validation, seed, by_binders=True)
-        tuning.update({"binders_guidance": by_binders["guidance"], "binders_why": by_binders["why"],
-                       "binders_grid": by_binders["grid"]})
+        tuning.update({"binders_" + k: by_binders[k]
+                       for k in ("guidance", "why", "grid", "rank", "pool", "rank_why", "rank_grid")})
     tuning["seconds"] = round(time.time() - t0, 1)
     write_json(run_dir / TUNING_FILE, tuning)
     given = (f"; for a receptor given by its known binders, guidance {tuning['binders_guidance']:g} "
-             f"({tuning['binders_why']})" if "binders_guidance" in tuning else "")
+             f"({tuning['binders_why']}), rank {tuning['binders_rank']} {tuning['binders_pool']} "
+             f"({tuning['binders_rank_why']})"
+             if "binders_guidance" in tuning else "")
     log(f"{run_dir}: tuned on {tuning.get('targets', 0)} validation target(s): guidance {tuning['guidance']:g} "
-        f"({tuning['why']}); score mix {tuning['score_mix']:g}{given}")
+        f"({tuning['why']}); rank {tuning['rank']} {tuning['pool']} ({tuning['rank_why']}); score mix "
+        f"{tuning['score_mix']:g}{given}")
     return tuning
 
 
@@ -3210,6 +3359,9 @@ def cmd_generate(args):
         raise DataError("--strength goes with --from PEPTIDE (how far its variants may move)")
     if args.verbose and args.parent is None:
         raise DataError("--verbose adds each variant's identity to its parent: it goes with --from")
+    if (args.rank is not None or args.pool is not None) and (args.parent or args.template):
+        raise DataError("--rank and --pool go with plain sampling: variants and filled templates are the model's "
+                        "samples")
     if args.parent is not None:
         strength = DEFAULT_STRENGTH if args.strength is None else args.strength
         batches = variant_batches(run, args.parent, args.n, strength, **condition)
@@ -3217,7 +3369,8 @@ def cmd_generate(args):
         batches = template_batches(run, args.template, args.n, **condition)
     else:
         batches = generate_batches(run, args.n, min_length=args.min_length or MIN_LEN,
-                                   max_length=args.max_length or MAX_LEN, **condition)
+                                   max_length=args.max_length or MAX_LEN, rank=args.rank,
+                                   pool=args.pool, **condition)
     write_batches(batches, args.n, args.parent.strip().upper() if args.verbose else None)
 
 
@@ -3402,6 +3555,12 @@ def add_generate_parser(sub):
     p.add_argument("--guidance", type=GUIDANCE, default=None,
                    help="classifier-free guidance S (0 = plain conditional); default: for a target, the run's own, "
                         f"tuned on its validation binders (tuning.json); without a target, {DEFAULT_GUIDANCE:g}")
+    p.add_argument("--rank", type=number_in(int, 1, MAX_RANK), default=None,
+                   help="plain sampling for a target: K candidates per peptide, the best by the model's score "
+                        "printed, best first; 1: the model's samples; default: the run's own choice (tuning.json)")
+    p.add_argument("--pool", default=None, choices=list(POOLS),
+                   help="with --rank: the candidates, half the model's samples and half the target's known binders "
+                        "mutated by hand until novel (mixed), or only these (mutants); default: the run's own")
     p.add_argument("--seed", type=SEED, default=0)
     add_model_args(p)
     p.add_argument("--allow-rare", action="store_true", help="allow X/B/Z/U... in outputs")

@@ -41,10 +41,10 @@ from mimir_core import (BLOSUM62, BLOSUM62_INDEX, DEFAULT_SCORE_DRAWS, DEMO_DATA
                         DataError, Rows, Run, Vocab, add_model_args, add_run_args, auroc_wins, best_identity,
                         binders_by_target, condition_bits, generate, heldout_bound_nats, heldout_subset,
                         js_divergence, length_counts, length_probs, letter_counts, load_rows, load_run,
-                        local_alignment_scores, log, mixed_score, nearest_neighbour_scores, novel_peptides, number_in,
-                        pyplot, row_references, run_command, run_dir_arg, run_guidance, run_score_mix,
-                        score_references, specificity, split_indices,
-                        subset_rows, summarize_problems, write_json)
+                        local_alignment_scores, log, mixed_score, mutated_binders, nearest_neighbour_scores,
+                        novel_peptides, number_in, pyplot, row_references, run_command, run_dir_arg, run_guidance,
+                        run_ranking, run_score_mix, score_references, specificity, split_indices, standard_composition,
+                        substitution_probs, subset_rows, summarize_problems, write_json)
 
 # =============================================================================================
 # Statistics: every verdict is a difference or a ratio with its standard error
@@ -320,46 +320,12 @@ def composition_bits(tokens, comps_per_row) -> np.ndarray:
     picked = np.take_along_axis(logp, (tokens - 1).clip(0), axis=1)
     return -(picked * (tokens != PAD)).sum(1)
 
-def standard_composition(comp) -> np.ndarray:
-    """A composition over the vocabulary's letters cut to RESIDUES (the letters samples use), renormalized."""
-    comp = np.asarray(comp, float)[:len(RESIDUES)]
-    return comp / comp.sum()
-
 def random_peptides(n: int, comp, length_p, seed: int = 0) -> list:
     """The floor: residues drawn i.i.d. from a composition over RESIDUES, lengths from length_p."""
     rng = np.random.default_rng(seed)
     lengths = rng.choice(MAX_LEN + 1, size=n, p=length_p)
     letters = np.array(list(RESIDUES))
     return ["".join(rng.choice(letters, size=k, p=comp)) for k in lengths]
-
-def substitution_probs(comp) -> np.ndarray:
-    """(20, 20) over RESIDUES: P(b | a), the chance that a hand-made substitution turns residue a into b (never a
-    itself), proportional to comp[b] * 2^(BLOSUM62[a, b] / 2): BLOSUM62 scores are half-bit log-odds of a and b
-    aligned in related proteins over chance, so this is the matrix's own model of a conservative substitution."""
-    index = BLOSUM62_INDEX[np.frombuffer(RESIDUES.encode(), dtype=np.uint8)]
-    odds = 2.0 ** (BLOSUM62[index[:, None], index[None, :]] / 2) * standard_composition(comp)[None, :]
-    np.fill_diagonal(odds, 0)
-    return odds / odds.sum(1, keepdims=True)
-
-def mutated_binders(training: list, n: int, substitutions, rng) -> list:
-    """n variants of known binders, made as a biologist would by hand: a training peptide of the target picked
-    at random, then substitutions (substitution_probs) at positions not changed yet, one a round, until the
-    variant is novel (under NOVEL_IDENTITY to every training peptide): the baseline a generator must beat at
-    matched novelty."""
-    index = {c: i for i, c in enumerate(RESIDUES)}
-    variants = [list(training[i]) for i in rng.integers(0, len(training), n)]
-    untouched = [list(rng.permutation(len(v))) for v in variants]
-    todo = list(range(n))
-    while todo:
-        for i in todo:
-            spots = untouched[i] or [int(rng.integers(len(variants[i])))]
-            pos = spots.pop()
-            old = variants[i][pos]
-            probs = substitutions[index[old]] if old in index else np.full(len(RESIDUES), 1 / len(RESIDUES))
-            variants[i][pos] = RESIDUES[rng.choice(len(RESIDUES), p=probs)]
-        identity = best_identity(["".join(variants[i]) for i in todo], training)
-        todo = [i for i, x in zip(todo, identity) if x >= NOVEL_IDENTITY]
-    return ["".join(v) for v in variants]
 
 def composition_log_odds(target_seqs: list, background_seqs: list, letters: str) -> dict:
     """letter -> log2 of its frequency in target_seqs over background_seqs (add-one smoothed counts)."""
@@ -557,14 +523,16 @@ def sampling_report(run: Run, val: Rows, train_rows: Rows | None, n_samples: int
 
 class TargetSamples(dict):
     """Each target's samples (label 1, the target, n_per_target of them), made when first asked for: the
-    motif, nearness and generation reports share them. guidance None: the run's own (run_guidance)."""
+    motif, nearness and generation reports share them. guidance and rank None: the run's own (run_guidance,
+    run_ranking)."""
 
-    def __init__(self, run: Run, n_per_target: int, seed: int, guidance: float):
+    def __init__(self, run: Run, n_per_target: int, seed: int, guidance: float | None, rank: int | None = None):
         super().__init__()
-        self.run, self.n, self.seed, self.guidance = run, n_per_target, seed, guidance
+        self.run, self.n, self.seed, self.guidance, self.rank = run, n_per_target, seed, guidance, rank
 
     def __missing__(self, target: str) -> list:
-        self[target] = generate(self.run, n=self.n, label=1, target=target, seed=self.seed, guidance=self.guidance)
+        self[target] = generate(self.run, n=self.n, label=1, target=target, seed=self.seed, guidance=self.guidance,
+                                rank=self.rank)
         return self[target]
 
 
@@ -677,7 +645,11 @@ def generation_report(run: Run, val: Rows, train_rows: Rows | None, on_target: T
         return {}
     made = {"model": {t: on_target[t] for t in targets},
             **generation_baselines(run, trained, targets, comps, on_target.n, seed)}
-    return specificity_report(made, held, trained)
+    rank, pool = run_ranking(run, on_target.rank)
+    if rank > 1:                            # what ranking adds: the same sampler's peptides, unranked
+        plain = TargetSamples(run, on_target.n, seed, on_target.guidance, rank=1)
+        made["model unranked"] = {t: plain[t] for t in targets}
+    return {**specificity_report(made, held, trained), "rank": rank, "pool": pool}
 
 
 def motif_report(run: Run, background, train_rows: Rows | None, comps: dict, n_samples: int,
@@ -1170,6 +1142,7 @@ def format_generation(generation: dict) -> str:
            f"{NOVEL_IDENTITY:.0%} identity to its training binders): specificity = the chance that a peptide made for "
            f"a target aligns better (BLOSUM62) to its held-out binders than one made for another target (0.5: "
            f"chance), mean over targets ± SE; "
+           f"'model': {ranked(generation.get('rank', 1), generation.get('pool'))}"
            f"'mutated binders': known binders with BLOSUM62-weighted substitutions until novel; 'composition': "
            f"residues drawn from the target's training composition; novel / unique: of all it made; identity "
            f"between: of its kept peptides to each other",
@@ -1181,6 +1154,15 @@ def format_generation(generation: dict) -> str:
         out.append(f"  model - {name}: {plus_minus(d['value'], d['se'], signed=True)}: "
                    + verdict(d["value"], d["se"], f"model LOSES to {name}", f"model beats {name}"))
     return "\n".join(out)
+
+
+def ranked(rank: int, pool: str | None) -> str:
+    """What the model's peptides for a target are, in words: its samples, or the best of `rank` candidates."""
+    if rank == 1:
+        return "its samples; "
+    made = ("half its samples, half the target's known binders mutated by hand until novel" if pool == "mixed" else
+            "the target's known binders mutated by hand until novel")
+    return f"the best 1 of {rank} candidates ({made}) by its score; 'model unranked': its samples; "
 
 
 def format_nearness(nearest: dict) -> str:

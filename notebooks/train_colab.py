@@ -162,7 +162,7 @@ mc.INTERFACE = "notebook"      # messages name this form's settings, not command
 # ## 3. Runtime check
 # You should see your GPU and the precision training will use (T4: fp16 with a gradient scaler;
 # A100: bf16). "No GPU" means this runtime is CPU-only: the small preset still works, slowly (on the demo
-# with two CPU cores, about 8 minutes of training, half a minute of tuning and 3 of evaluation); medium
+# with two CPU cores, about 8 minutes of training, 2 of tuning and 3 of evaluation); medium
 # and large stop here unless `ALLOW_CPU` is ticked. Switch with *Runtime > Change runtime type*.
 
 # %%
@@ -202,9 +202,10 @@ colab.plot_lengths(rows);
 # Each epoch ends with a line of held-out figures and a checkpoint. Running the notebook again with the
 # same run name and data resumes the run instead of starting over; a run too short to learn much says so
 # (more epochs or more data help). After the last epoch the run tunes itself on its held-out binders
-# (about a minute on a T4, a few on a CPU): the guidance its peptides for a target are sampled with and
-# how its score weighs its two parts; a line says what it chose and why (`tuning.json` in the run folder
-# keeps the figures behind the choice).
+# (about a minute on a T4, a few on a CPU): the guidance its peptides for a target are sampled with, whether
+# it makes 4 candidates for each (the target's known binders mutated by hand, with or without its own
+# samples) and keeps the one its score likes best, and how its score weighs its two parts; a line says what it chose and why (`tuning.json` in the
+# run folder keeps the figures behind the choice).
 
 # %%
 import tempfile

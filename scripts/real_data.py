@@ -98,13 +98,17 @@ def new_receptor_report(run: mc.Run, new: dict, train_rows: mc.Rows, background:
     training_background = [s for s, label in zip(train_rows.sequences, train_rows.labels.tolist()) if label == 0]
     known_rows = heldout_rows(known, training_background)     # read as the new receptors' training rows
     comps = ev.condition_compositions(known_rows, mc.Vocab(run.vocab.letters, sorted(new)))
-    make = ((lambda k: mc.generate(run, n, binders=k, seed=args.seed)) if run.cfg.references else
-            (lambda k: mc.generate(run, n, label=1, seed=args.seed)))    # an id-only run: any target's peptides
+    rank, pool = (mc.run_ranking(run, None, None, None, next(iter(known.values()))) if run.cfg.references
+                  else (1, None))
+    make = ((lambda k, rank=None: mc.generate(run, n, binders=k, seed=args.seed, rank=rank)) if run.cfg.references
+            else (lambda k, rank=None: mc.generate(run, n, label=1, seed=args.seed)))   # id-only: any target's
     made = {"model": {t: make(k) for t, k in known.items()},
             **ev.generation_baselines(run, known, sorted(new), comps, n, args.seed)}
+    if rank > 1:                                                        # what ranking adds
+        made["model unranked"] = {t: make(k, rank=1) for t, k in known.items()}
     return {"receptors": len(new), "known binders": sum(map(len, known.values())),
             "judged binders": sum(map(len, judged.values())),
-            "generation": ev.specificity_report(made, judged, known),
+            "generation": {**ev.specificity_report(made, judged, known), "rank": rank, "pool": pool},
             "score": ev.score_auroc_report(run, heldout_rows(judged, background), known_rows, args.seed, max_rows=None,
                                            draws=args.draws, min_positives=1, max_targets=None,
                                            shuffles=args.shuffles, new_targets=True)}

@@ -37,7 +37,10 @@ def test_a_small_run_is_judged_beside_composition_nearest_neighbour_and_mutated_
     assert report["score"]["weighted"]["background"]["nearest"]["auroc"] > 0.9   # each target's peptides share its motif
     assert report["score"]["weighted"]["background"]["negatives"] == 3 * 100    # every held-out background row
     generation = report["generation"]
-    assert generation["targets"] == 3 and set(generation["generators"]) == {"model", "mutated binders", "composition"}
+    assert generation["rank"] == report["tuning"]["rank"]                  # the run's own, tuned in training
+    ranked = {"model unranked"} if generation["rank"] > 1 else set()       # what ranking adds, when it ranks
+    assert generation["targets"] == 3
+    assert set(generation["generators"]) == {"model", "mutated binders", "composition"} | ranked
     assert report["nearness"]["targets"] == 3 and 0 <= report["nearness"]["novel (median)"] <= 1
     out = capsys.readouterr().out
     assert "vs other_targets" in out and "model - nearest" in out and "model - mutated binders" in out
@@ -66,7 +69,10 @@ def test_receptors_never_trained_on_are_judged_given_their_known_binders(tmp_pat
                     "--new-receptors", "3"])
     new = json.loads((tmp_path / "out" / "base" / "real_data.json").read_text())["new receptors"]
     assert new["receptors"] == 3 and new["known binders"] == 12 and new["judged binders"] == 15
-    assert set(new["generation"]["generators"]) == {"model", "mutated binders", "composition"}
+    run = mc.load_run(tmp_path / "out" / "base")
+    assert new["generation"]["rank"] == run.tuning["binders_rank"]
+    ranked = {"model unranked"} if new["generation"]["rank"] > 1 else set()
+    assert set(new["generation"]["generators"]) == {"model", "mutated binders", "composition"} | ranked
     assert new["generation"]["targets"] == 3 and len(new["score"]["targets"]) == 3
     assert new["score"]["weighted"]["other_targets"]["positives"] == 15
     assert "Receptors never trained on (3)" in capsys.readouterr().out

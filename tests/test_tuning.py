@@ -37,17 +37,17 @@ def test_novel_peptides_are_those_under_80_percent_identity_to_every_training_pe
 
 def test_mutated_binders_are_novel_variants_made_by_blosum62_substitutions():
     comp = np.full(20, 1 / 20)
-    subs = ev.substitution_probs(comp)
+    subs = mc.substitution_probs(comp)
     assert subs.shape == (20, 20) and np.allclose(subs.sum(1), 1) and np.all(np.diag(subs) == 0)
     i, l, g = (mc.RESIDUES.index(c) for c in "ILG")
     assert subs[i, l] > 5 * subs[i, g]                  # a conservative substitution is the likely one
     training = ["PPLPPKRYDLLAK", "RSWSKPQWWE", "GGWWAAKKDE"]
-    variants = ev.mutated_binders(training, 200, subs, np.random.default_rng(0))
+    variants = mc.mutated_binders(training, 200, subs, np.random.default_rng(0))
     assert len(variants) == 200 and len(set(variants)) > 150
     assert (mc.best_identity(variants, training) < mc.NOVEL_IDENTITY).all()
     for v in variants:                                  # a variant of a training peptide, not a random peptide
         assert max(mc.identity(v, t) for t in training if len(t) == len(v)) >= 0.6, v
-    again = ev.mutated_binders(training, 200, subs, np.random.default_rng(0))
+    again = mc.mutated_binders(training, 200, subs, np.random.default_rng(0))
     assert again == variants
 
 
@@ -148,7 +148,9 @@ def test_a_run_tuned_by_another_version_of_the_tuning_is_tuned_again(trained_run
     before = path.read_text()
     try:
         path.write_text(json.dumps({**json.loads(before), "version": mc.TUNING_VERSION - 1}))
-        monkeypatch.setattr(mc, "tune_guidance", lambda *a, **k: {"guidance": 0.5, "why": "again", "grid": []})
+        monkeypatch.setattr(mc, "tune_guidance", lambda *a, **k: {"guidance": 0.5, "why": "again", "grid": [],
+                                                                   "rank": 1, "pool": "mixed", "rank_why": "-",
+                                                                   "rank_grid": []})
         monkeypatch.setattr(mc, "tune_score_mix", lambda *a, **k: {"score_mix": 0.5, "why": "again", "grid": []})
         tuned = mc.tune_run(trained_run, {})
         assert tuned["version"] == mc.TUNING_VERSION and tuned["guidance"] == 0.5
@@ -174,9 +176,10 @@ def test_the_command_line_generates_with_the_runs_own_guidance(trained_run, caps
 def test_the_evaluation_judges_target_samples_beside_mutated_binders_and_composition(trained_run):
     report = ev.evaluate(trained_run, n_samples=40, n_per_target=80, n_draws=1)
     generation = report["conditioning"]["generation"]
-    assert set(generation["generators"]) == {"model", "mutated binders", "composition"}
+    ranked = {"model unranked"} if mc.load_run(trained_run).tuning["rank"] > 1 else set()
+    assert set(generation["generators"]) == {"model", "mutated binders", "composition"} | ranked
     assert generation["targets"] == len(FIXTURE_MOTIFS)
-    assert set(generation["difference"]) == {"mutated binders", "composition"}
+    assert set(generation["difference"]) == {"mutated binders", "composition"} | ranked
     assert generation["generators"]["mutated binders"]["novel"] == 1.0            # mutated until novel
     assert report["tuned_guidance"] and report["guidance"] == mc.load_run(trained_run).tuning["guidance"]
     assert report["label_guidance"] == mc.DEFAULT_GUIDANCE
